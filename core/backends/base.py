@@ -1,0 +1,99 @@
+"""The one interface core talks to; ComfyUI and diffusers each implement it (core never imports comfy).
+
+Conventions: images are float [B,H,W,3] in 0..1 (ComfyUI IMAGE layout); timesteps are integers in
+0..T-1; x_t is variance-preserving, x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) eps; predictions are eps.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+class UnsupportedModelError(ValueError):
+    """The model has no cross-attention K/V projections (or is of a family we cannot train)."""
+
+
+@dataclass(frozen=True)
+class KVLayer:
+    """One cross-attention key or value projection: its rows are the 'neurons'."""
+
+    name: str  # backend-native dotted module name, stable across runs
+    kind: str  # "k" or "v"
+    weight: torch.Tensor  # live [out, in] weight of the model as it is now (never written by core)
+
+
+WeightFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Backend(ABC):
+    """A text-to-image diffusion model with cross-attention, seen through the few operations core needs."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @abstractmethod
+    def kv_layers(self) -> list[KVLayer]:
+        """All cross-attention K/V linears, in a fixed order."""
+
+    @abstractmethod
+    def set_weight_fn(self, layer: str, fn: WeightFn | None) -> None:
+        """Make `layer` compute with fn(W) instead of W (None removes it). fn must not modify W."""
+
+    @abstractmethod
+    def bake_rows(self, layer: str, rows: torch.Tensor, delta: torch.Tensor) -> None:
+        """W[rows] += delta, permanently (used when merging a learned concept into this model)."""
+
+    @abstractmethod
+    def unet_param_count(self) -> int:
+        """Number of parameters of the denoiser (the budget's denominator)."""
+
+    @abstractmethod
+    def trigger_token_id(self, trigger: str) -> int:
+        """Token id of a one-token trigger word; raises ValueError naming the trigger otherwise."""
+
+    @abstractmethod
+    def token_row(self, trigger: str) -> torch.Tensor:
+        """Current input-embedding row of the trigger word (a copy)."""
+
+    @abstractmethod
+    def set_token_row(self, trigger: str, value: torch.Tensor) -> None:
+        """Write the trigger word's input-embedding row (merge a learned concept token)."""
+
+    @abstractmethod
+    def encode_text(self, prompts: list[str], tokens: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Text context [B, L, D] fed to cross-attention; `tokens` overrides trigger-word embeddings
+        (differentiably, so a concept token can be trained)."""
+
+    @abstractmethod
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B,H,W,3] in 0..1 -> x0 in the denoiser's space (scaled latents or pixels)."""
+
+    @abstractmethod
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 -> images [B,H,W,3] in 0..1."""
+
+    @property
+    @abstractmethod
+    def alphas_cumprod(self) -> torch.Tensor:
+        """abar_t for t = 0..T-1 (float32, on self.device)."""
+
+    @abstractmethod
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """eps prediction for a batch; t is a [B] long tensor."""
+
+    def enable_gradient_checkpointing(self) -> None:  # optional speed/memory switch
+        """Trade compute for memory during training, where the host supports it."""
+
+    @property
+    def num_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        abar = self.alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+
+    def noise_and_predict_eps(self, x0, t, eps, context):
+        return self.predict_eps(self.add_noise(x0, t, eps), t, context)

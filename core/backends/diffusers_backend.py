@@ -1,0 +1,180 @@
+"""Backend over diffusers UNet2DConditionModel + transformers CLIPTextModel (+ AutoencoderKL, or pixel space)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from .base import Backend, KVLayer, UnsupportedModelError, WeightFn
+
+
+class _Fn(nn.Module):
+    """Adapts a plain weight function to torch parametrization."""
+
+    def __init__(self, fn: WeightFn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, w):
+        return self.fn(w)
+
+
+class _TokenOverride(nn.Module):
+    """Token-embedding table whose rows for some ids are replaced by given (trainable) vectors."""
+
+    def __init__(self, table: nn.Embedding):
+        super().__init__()
+        self.table = table
+        self.overrides: dict[int, torch.Tensor] = {}
+
+    @property
+    def weight(self):
+        return self.table.weight
+
+    def forward(self, ids):
+        emb = self.table(ids)
+        for tid, vec in self.overrides.items():
+            emb = torch.where((ids == tid).unsqueeze(-1), vec.to(emb.dtype), emb)
+        return emb
+
+
+class DiffusersBackend(Backend):
+    def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, device="cpu", dtype=torch.float32):
+        self.device, self.dtype = torch.device(device), dtype
+        self.unet = _to(unet, self.device, dtype)
+        self.text_encoder = _to(text_encoder, self.device, dtype)
+        self.vae = _to(vae, self.device, dtype) if vae is not None else None
+        self.tokenizer, self.scheduler = tokenizer, scheduler
+        self.prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
+        self._abar = scheduler.alphas_cumprod.to(self.device, torch.float32)
+        self._layers = self._find_kv()
+        emb = self.text_encoder.get_input_embeddings()
+        if not isinstance(emb, _TokenOverride):
+            emb = _TokenOverride(emb)
+            self.text_encoder.set_input_embeddings(emb)
+        self._tokens = emb
+
+    @classmethod
+    def from_folder(cls, path, device="cpu", dtype=torch.float32):
+        """Load a diffusers-format folder (unet/, text_encoder/, tokenizer/, scheduler/, optional vae/), offline."""
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        p = Path(path)
+        for part in ("unet", "text_encoder", "tokenizer", "scheduler"):
+            if not (p / part).is_dir():
+                raise FileNotFoundError(f"model folder {p}: missing '{part}/' (expected a diffusers-format folder)")
+        vae = AutoencoderKL.from_pretrained(p / "vae", torch_dtype=dtype) if (p / "vae").is_dir() else None
+        return cls(
+            UNet2DConditionModel.from_pretrained(p / "unet", torch_dtype=dtype),
+            CLIPTextModel.from_pretrained(p / "text_encoder", torch_dtype=dtype),
+            AutoTokenizer.from_pretrained(p / "tokenizer"),
+            DDPMScheduler.from_pretrained(p / "scheduler"),
+            vae,
+            device,
+            dtype,
+        )
+
+    def _find_kv(self) -> list[KVLayer]:
+        layers = []
+        for name, mod in self.unet.named_modules():
+            if getattr(mod, "is_cross_attention", False) and hasattr(mod, "to_k"):
+                for kind in ("k", "v"):
+                    lin = getattr(mod, f"to_{kind}")
+                    layers.append(KVLayer(f"{name}.to_{kind}", kind, lin.weight))
+        if not layers:
+            raise UnsupportedModelError(
+                f"{type(self.unet).__name__} has no cross-attention key/value projections: "
+                "continual concept training needs a text-conditioned UNet with cross-attention"
+            )
+        return layers
+
+    def _module(self, layer: str) -> nn.Linear:
+        return self.unet.get_submodule(layer)
+
+    def kv_layers(self):
+        return [KVLayer(l.name, l.kind, self._weight(l.name)) for l in self._layers]
+
+    def _weight(self, layer):
+        mod = self._module(layer)
+        return mod.parametrizations.weight.original if parametrize.is_parametrized(mod, "weight") else mod.weight
+
+    def set_weight_fn(self, layer, fn):
+        mod = self._module(layer)
+        if parametrize.is_parametrized(mod, "weight"):
+            parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
+        if fn is not None:
+            parametrize.register_parametrization(mod, "weight", _Fn(fn), unsafe=True)
+
+    @torch.no_grad()
+    def bake_rows(self, layer, rows, delta):
+        w = self._weight(layer)
+        w.index_add_(0, rows.to(w.device), delta.to(w.device, w.dtype))
+
+    def unet_param_count(self):
+        return sum(p.numel() for p in self.unet.parameters())
+
+    def trigger_token_id(self, trigger):
+        ids = self.tokenizer(trigger, add_special_tokens=False).input_ids
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if len(ids) != 1 or ids[0] == unk:
+            raise ValueError(
+                f"trigger '{trigger}' is {len(ids)} tokens for this tokenizer"
+                + (" (unknown word)" if unk in ids else "")
+                + ": pick a rare word that is exactly one known token"
+            )
+        return ids[0]
+
+    def token_row(self, trigger):
+        return self._tokens.weight[self.trigger_token_id(trigger)].detach().clone()
+
+    @torch.no_grad()
+    def set_token_row(self, trigger, value):
+        self._tokens.weight[self.trigger_token_id(trigger)] = value.to(self._tokens.weight)
+
+    def encode_text(self, prompts, tokens=None):
+        ids = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+            truncation=True, return_tensors="pt",
+        ).input_ids.to(self.device)
+        self._tokens.overrides = {self.trigger_token_id(k): v for k, v in (tokens or {}).items()}
+        try:
+            return self.text_encoder(ids).last_hidden_state
+        finally:
+            self._tokens.overrides = {}
+
+    def encode_images(self, images):
+        px = images.to(self.device, self.dtype).permute(0, 3, 1, 2) * 2 - 1
+        if self.vae is None:
+            return px
+        with torch.no_grad():
+            lat = self.vae.encode(px).latent_dist.mean
+        return lat * self.vae.config.scaling_factor
+
+    def decode(self, x0):
+        with torch.no_grad():
+            px = x0 if self.vae is None else self.vae.decode(x0 / self.vae.config.scaling_factor).sample
+        return ((px.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+
+    @property
+    def alphas_cumprod(self):
+        return self._abar
+
+    def predict_eps(self, x_t, t, context):
+        out = self.unet(x_t.to(self.dtype), t.to(self.device), encoder_hidden_states=context.to(self.dtype)).sample
+        if self.prediction_type == "v_prediction":
+            abar = self._abar[t].view(-1, 1, 1, 1).to(out.dtype)
+            out = abar.sqrt() * out + (1 - abar).sqrt() * x_t
+        return out
+
+    def enable_gradient_checkpointing(self):
+        self.unet.enable_gradient_checkpointing()
+
+
+def _to(module, device, dtype):
+    """Frozen, eval-mode, on device; cast only when needed (diffusers warns on a no-op dtype cast)."""
+    p = next(module.parameters())
+    module = module.to(device) if p.dtype == dtype else module.to(device, dtype)
+    return module.requires_grad_(False).eval()

@@ -1,0 +1,76 @@
+"""The trainable state of one concept: the selected K/V rows of every layer as ONE compact tensor.
+
+Optimizer state is therefore sized to the selected rows, never to whole K/V matrices; the frozen
+weights are only read (W.index_add(0, rows, delta) builds the effective weight per forward).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .backends.base import Backend
+
+
+class RowDeltas(nn.Module):
+    def __init__(self, rows: dict[str, torch.Tensor], in_dim: int, device=None, dtype=torch.float32):
+        super().__init__()
+        self.names = [n for n in rows if len(rows[n])]
+        self.rows = {n: rows[n].to(device=device, dtype=torch.long) for n in self.names}
+        sizes = [len(self.rows[n]) for n in self.names]
+        self.offsets = dict(zip(self.names, torch.tensor([0] + sizes).cumsum(0).tolist()))
+        self.delta = nn.Parameter(torch.zeros(sum(sizes), in_dim, device=device, dtype=dtype))
+        self.enabled = True
+
+    def __len__(self):
+        return self.delta.shape[0]
+
+    def layer_delta(self, name: str) -> torch.Tensor:
+        o = self.offsets[name]
+        return self.delta[o : o + len(self.rows[name])]
+
+    def _fn(self, name):
+        rows = self.rows[name]
+
+        def fn(w):
+            if not self.enabled:
+                return w
+            return w.index_add(0, rows, self.layer_delta(name).to(w.dtype))
+
+        return fn
+
+    @contextmanager
+    def applied(self, backend: Backend):
+        """Install on the backend for the duration of the block (removed even on error or cancel)."""
+        for n in self.names:
+            backend.set_weight_fn(n, self._fn(n))
+        try:
+            yield self
+        finally:
+            for n in self.names:
+                backend.set_weight_fn(n, None)
+
+    @contextmanager
+    def disabled(self):
+        """Compute as the model was before this concept (the frozen teacher) without a second copy."""
+        prev, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = prev
+
+    def as_dict(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return {n: (self.rows[n].cpu(), self.layer_delta(n).detach().float().cpu()) for n in self.names}
+
+
+def all_rows(backend: Backend) -> dict[str, torch.Tensor]:
+    """Every K/V row of every layer (dense: for scoring, Fisher, and the Custom-Diffusion baseline)."""
+    return {l.name: torch.arange(l.weight.shape[0]) for l in backend.kv_layers()}
+
+
+def kv_in_dim(backend: Backend) -> int:
+    dims = {l.weight.shape[1] for l in backend.kv_layers()}
+    if len(dims) != 1:
+        raise ValueError(f"cross-attention K/V layers read contexts of different widths {sorted(dims)}")
+    return dims.pop()
