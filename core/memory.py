@@ -1,0 +1,237 @@
+"""The continual memory: everything later concepts and exports need, in one safetensors file.
+
+Holds the base-model fingerprint, per-concept records (trigger, prompt, selected rows, learned row deltas,
+token embedding, config, metrics), the pretrained values of every row ever touched, and the online Fisher.
+Metadata is JSON in the safetensors header. Never pickle.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .atomic_io import atomic_write
+from .backends.base import Backend
+
+FORMAT = "continual_concepts.memory"
+VERSION = 1
+
+
+class MemoryMismatchError(ValueError):
+    """The memory was made for another base model."""
+
+
+@dataclass
+class ConceptRecord:
+    name: str
+    trigger: str
+    prompt: str
+    rows: dict[str, torch.Tensor]  # layer -> row indices
+    delta: dict[str, torch.Tensor]  # layer -> [n_rows, in] learned change of those rows
+    token: torch.Tensor | None = None  # learned trigger embedding (None: token not trained)
+    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def n_rows(self) -> int:
+        return sum(len(r) for r in self.rows.values())
+
+
+def model_fingerprint(backend: Backend, pretrained: dict | None = None) -> str:
+    """sha256 of every K/V weight (as fp16, layer order) with rows touched by a memory put back to their
+    pretrained values, so a base model and the same model with concepts merged hash alike."""
+    h = hashlib.sha256()
+    for layer in backend.kv_layers():
+        w = layer.weight.detach().float().cpu()
+        if pretrained and layer.name in pretrained:
+            rows, vals = pretrained[layer.name]
+            w = w.clone()
+            w[rows] = vals.float()
+        h.update(layer.name.encode())
+        h.update(w.half().numpy().tobytes())
+    return h.hexdigest()
+
+
+class ContinualMemory:
+    def __init__(self, fingerprint: str, generic_prompt: str = "a photo"):
+        self.fingerprint = fingerprint
+        self.generic_prompt = generic_prompt
+        self.concepts: list[ConceptRecord] = []
+        self.pretrained: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.fisher: dict[str, torch.Tensor] = {}
+        self.fisher_updates = 0
+
+    @classmethod
+    def for_model(cls, backend: Backend, generic_prompt: str = "a photo") -> "ContinualMemory":
+        return cls(model_fingerprint(backend), generic_prompt)
+
+    # ----------------------------------------------------------------- queries
+    def prev_rows(self) -> dict[str, torch.Tensor]:
+        """Union of every earlier concept's rows, per layer."""
+        out: dict[str, set] = {}
+        for c in self.concepts:
+            for n, r in c.rows.items():
+                out.setdefault(n, set()).update(r.tolist())
+        return {n: torch.tensor(sorted(s), dtype=torch.long) for n, s in out.items()}
+
+    def candidates(self) -> list[str]:
+        """DC candidates: the generic 'pretrained' prompt c0, then each learned concept's prompt."""
+        return [self.generic_prompt] + [c.prompt for c in self.concepts]
+
+    def check_model(self, backend: Backend, force: bool = False) -> None:
+        fp = model_fingerprint(backend, self.pretrained)
+        if fp != self.fingerprint and not force:
+            raise MemoryMismatchError(
+                f"memory was made for another base model (fingerprint {self.fingerprint[:12]} != this model's "
+                f"{fp[:12]}); load it with force=True only if you know the models are compatible"
+            )
+
+    # ----------------------------------------------------------------- updates
+    def record_pretrained(self, backend: Backend, rows: dict[str, torch.Tensor]) -> None:
+        """Remember the pretrained value of rows about to change for the first time."""
+        weights = {l.name: l.weight for l in backend.kv_layers()}
+        for n, r in rows.items():
+            if not len(r):
+                continue
+            old_rows, old_vals = self.pretrained.get(n, (torch.empty(0, dtype=torch.long), None))
+            new = torch.tensor(sorted(set(r.tolist()) - set(old_rows.tolist())), dtype=torch.long)
+            if not len(new):
+                continue
+            vals = weights[n].detach()[new.to(weights[n].device)].float().cpu()
+            self.pretrained[n] = (
+                torch.cat([old_rows, new]),
+                vals if old_vals is None else torch.cat([old_vals, vals]),
+            )
+
+    def pretrained_rows(self, layer: str, rows: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """Pretrained values of `rows` of `layer`; rows never touched are still pretrained (= current)."""
+        out = current.detach().float().cpu().clone()
+        if layer in self.pretrained:
+            prow, pval = self.pretrained[layer]
+            where = {int(r): i for i, r in enumerate(prow)}
+            for j, r in enumerate(rows.tolist()):
+                if r in where:
+                    out[j] = pval[where[r]]
+        return out
+
+    def add_concept(self, record: ConceptRecord) -> None:
+        if any(c.name == record.name for c in self.concepts):
+            raise ValueError(f"concept name '{record.name}' is already in this memory")
+        self.concepts.append(record)
+
+    def update_fisher(self, new: dict[str, torch.Tensor], gamma: float) -> None:
+        """Online EWC: F <- gamma F + F_new (stored fp16)."""
+        for n, f in new.items():
+            old = self.fisher.get(n)
+            f = f.float().cpu()
+            self.fisher[n] = (f if old is None else gamma * old.float() + f).half()
+        self.fisher_updates += 1
+
+    # ----------------------------------------------------------------- model state
+    def apply_to(self, backend: Backend, force: bool = False) -> str:
+        """Bring a base model to this memory's state (all concepts merged). Returns 'applied' or 'already'.
+
+        A model already carrying every concept is left alone; anything else is refused."""
+        self.check_model(backend, force)
+        if not self.concepts:
+            return "already"
+        weights = {l.name: l.weight for l in backend.kv_layers()}
+        final = {n: vals.clone() for n, (rows, vals) in self.pretrained.items()}
+        pos = {n: {int(r): i for i, r in enumerate(rows)} for n, (rows, _) in self.pretrained.items()}
+        for c in self.concepts:
+            for n, r in c.rows.items():
+                idx = torch.tensor([pos[n][int(x)] for x in r], dtype=torch.long)
+                final[n].index_add_(0, idx, c.delta[n].float())
+        cur = {n: weights[n].detach()[rows.to(weights[n].device)].float().cpu() for n, (rows, _) in self.pretrained.items()}
+        if all(torch.allclose(cur[n], final[n], atol=1e-3, rtol=1e-3) for n in cur):
+            state = "already"
+        elif all(torch.equal(cur[n], self.pretrained[n][1].float()) for n in cur):
+            for c in self.concepts:
+                for n, r in c.rows.items():
+                    backend.bake_rows(n, r, c.delta[n])
+            state = "applied"
+        else:
+            raise MemoryMismatchError("the model's K/V rows match neither the base model nor the memory's merged state")
+        for c in self.concepts:
+            if c.token is not None:
+                backend.set_token_row(c.trigger, c.token)
+        return state
+
+    # ----------------------------------------------------------------- file
+    def header(self) -> dict:
+        return {
+            "fingerprint": self.fingerprint,
+            "generic_prompt": self.generic_prompt,
+            "fisher_updates": self.fisher_updates,
+            "concepts": [
+                {"name": c.name, "trigger": c.trigger, "prompt": c.prompt, "layers": sorted(c.rows),
+                 "has_token": c.token is not None, "config": c.config, "metrics": c.metrics}
+                for c in self.concepts
+            ],
+        }
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        t: dict[str, torch.Tensor] = {}
+        for n, (rows, vals) in self.pretrained.items():
+            t[f"pretrained/{n}/rows"] = rows.contiguous()
+            t[f"pretrained/{n}/values"] = vals.contiguous()
+        for n, f in self.fisher.items():
+            t[f"fisher/{n}"] = f.contiguous()
+        for i, c in enumerate(self.concepts):
+            for n in c.rows:
+                t[f"concept/{i}/rows/{n}"] = c.rows[n].contiguous()
+                t[f"concept/{i}/delta/{n}"] = c.delta[n].float().contiguous()
+            if c.token is not None:
+                t[f"concept/{i}/token"] = c.token.float().contiguous()
+        return t
+
+    def save(self, path, overwrite: bool = False) -> Path:
+        from safetensors.torch import save_file
+
+        meta = {"format": FORMAT, "version": str(VERSION), "memory": json.dumps(self.header())}
+        tensors = self.tensors()
+        return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path, backend: Backend | None = None, force: bool = False) -> "ContinualMemory":
+        """Read a memory file; with a backend, refuse it unless it was made for that base model."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"memory file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises its own error types for truncated headers/data
+            raise ValueError(f"memory file {path} is corrupt or truncated ({e})") from None
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a Continual Concepts memory file (no '{FORMAT}' header)")
+        try:
+            head = json.loads(meta["memory"])
+            mem = cls(head["fingerprint"], head.get("generic_prompt", "a photo"))
+            mem.fisher_updates = int(head.get("fisher_updates", 0))
+            for k, v in tensors.items():
+                parts = k.split("/")
+                if parts[0] == "pretrained" and parts[-1] == "rows":
+                    n = "/".join(parts[1:-1])
+                    mem.pretrained[n] = (v.long(), tensors[f"pretrained/{n}/values"])
+                elif parts[0] == "fisher":
+                    mem.fisher["/".join(parts[1:])] = v
+            for i, c in enumerate(head["concepts"]):
+                mem.concepts.append(ConceptRecord(
+                    c["name"], c["trigger"], c["prompt"],
+                    rows={n: tensors[f"concept/{i}/rows/{n}"].long() for n in c["layers"]},
+                    delta={n: tensors[f"concept/{i}/delta/{n}"] for n in c["layers"]},
+                    token=tensors.get(f"concept/{i}/token"),
+                    config=c.get("config", {}), metrics=c.get("metrics", {}),
+                ))
+        except (KeyError, json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"memory file {path} is corrupt: missing or malformed entry {e}") from None
+        if backend is not None:
+            mem.check_model(backend, force)
+        return mem
