@@ -1,0 +1,39 @@
+# README quick start: `make demo`, `make test`. Everything installs itself into .venv from nothing.
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+COMFYUI_PATH ?= /opt/ComfyUI
+COMFY_PY ?= $(COMFYUI_PATH)/.venv/bin/python
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: install demo test test-host bench bench-toy clean
+
+$(VENV)/.installed: pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	# torch first and explicitly (a CPU build here); the host owns torch, so it is not in requirements.txt
+	$(VPY) -m pip install -q torch==2.13.0
+	$(VPY) -m pip install -q -r requirements.txt pytest websocket-client
+	$(VPY) -m pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VPY) -m continual_concepts.bench.demo
+
+test: install
+	$(VPY) -m pytest -q tests --ignore=tests/host
+
+test-host:
+	@if [ ! -x "$(COMFY_PY)" ]; then echo "test-host: no ComfyUI python at $(COMFY_PY) (set COMFYUI_PATH): skipped"; exit 0; fi
+	$(COMFY_PY) -m pip install -q --no-deps -e .
+	COMFYUI_PATH=$(COMFYUI_PATH) $(COMFY_PY) -m pytest -q tests/host
+
+bench: install
+	$(VPY) -m continual_concepts.bench.speed
+
+bench-toy: install
+	$(VPY) -m continual_concepts.bench.toyworld.benchmark
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,1 @@
+"""Benchmarks, the toy world and the demo."""

@@ -1,0 +1,60 @@
+"""Load a folder of concept images as one float batch [B,H,W,3] in 0..1, with one clear error per problem."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def to_rgb_array(img) -> np.ndarray:
+    """Any PIL mode -> RGB float array; alpha is composited on white (transparent pixels are background)."""
+    from PIL import Image
+
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def load_image_folder(folder, size: int | None = None) -> torch.Tensor:
+    """All images of a folder (sorted by name). Mixed sizes are an error unless `size` resizes them all."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(folder)
+    if not p.is_dir():
+        raise FileNotFoundError(f"images: folder {p} does not exist")
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in EXTENSIONS)
+    if not files:
+        raise ValueError(f"images: folder {p} has no images ({', '.join(sorted(EXTENSIONS))})")
+    arrays = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                if size:
+                    im = im.resize((size, size), Image.BICUBIC)
+                arrays.append(to_rgb_array(im))
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"images: cannot read {f.name} ({e})") from None
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"images: mixed sizes in {p} ({sorted(s[:2] for s in shapes)}); pass a size to resize")
+    return torch.from_numpy(np.stack(arrays))
+
+
+def check_image_batch(images: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """Validate an IMAGE batch [B,H,W,C]; grayscale is repeated to RGB and alpha dropped."""
+    if images is None or images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"{name}: expected a non-empty image batch [B,H,W,C], got {None if images is None else tuple(images.shape)}")
+    c = images.shape[-1]
+    if c == 1:
+        images = images.repeat(1, 1, 1, 3)
+    elif c == 4:
+        images = images[..., :3]
+    elif c != 3:
+        raise ValueError(f"{name}: expected 1, 3 or 4 channels, got {c}")
+    return images.float().clamp(0, 1)
