@@ -203,8 +203,12 @@ def cmd_sequence(a):
         specs.append(ConceptSpec(c.get("name", c["trigger"]), c["trigger"], c["prompt"], images, c.get("eval_prompts", [])))
     sel = _cfg(SelectConfig, a, "select-", base=cfg.get("select"))
     tr = _cfg(TrainConfig, a, base=cfg.get("train"))
-    rep = run_sequence(b, specs, out, sel, tr, cfg.get("generic_prompt", "a photo"), cfg.get("calibration_prompts"),
-                       progress=_progress(), log=lambda s: print(s, file=sys.stderr))
+    from .atomic_io import atomic_write_dir
+
+    rep = {}
+    atomic_write_dir(out, lambda tmp: rep.update(run_sequence(
+        b, specs, tmp, sel, tr, cfg.get("generic_prompt", "a photo"), cfg.get("calibration_prompts"),
+        progress=_progress(), log=lambda s: print(s, file=sys.stderr))))
     print(json.dumps(rep["summary"]))
 
 

@@ -46,12 +46,12 @@ def run_sequence(backend: Backend, concepts: list[ConceptSpec], out_dir, select_
                  train_cfg: TrainConfig | None = None, generic_prompt: str = "a photo",
                  calibration_prompts: list[str] | None = None, memory: ContinualMemory | None = None,
                  progress=None, log=print) -> dict:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     for c in concepts:  # validate everything before any work
         backend.trigger_token_id(c.trigger)
         if c.images.ndim != 4 or len(c.images) == 0:
             raise ValueError(f"concept '{c.name}': no images")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     memory = memory or ContinualMemory.for_model(backend, generic_prompt)
     sizes = {l.name: l.weight.shape[0] for l in backend.kv_layers()}
     report = {"concepts": [], "dc_accuracy_matrix": []}

@@ -1,0 +1,132 @@
+"""The CLI end to end on a tiny random model: outputs written, bad input = one line, exit 2, nothing written."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from continual_concepts.core.cli import main
+
+
+def _draw(folder: Path, colour, n=4, size=16, mode="RGB"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        a = np.full((size, size, 3), 128, np.uint8)
+        a[2 + i % 3 : 10 + i % 3, 3:11] = colour
+        Image.fromarray(a).convert(mode).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _draw(tmp_path / "a", (220, 20, 20))
+    _draw(tmp_path / "b", (20, 20, 220))
+    (tmp_path / "seq.yaml").write_text(
+        "model: tiny\ngeneric_prompt: a photo\n"
+        "calibration_prompts: [a red circle, a photo of a dog, a blue square, a cat]\n"
+        "select: {n_calibration: 3, budget_pct: 3, rho_base: 0.3, n_draws: 1}\n"
+        "train: {steps: 4, dc_every: 2, fisher_draws: 1}\n"
+        "concepts:\n  - {name: a, trigger: sks, prompt: a sks, images: a}\n"
+        "  - {name: b, trigger: zwx, prompt: a zwx, images: b}\n"
+    )
+    return tmp_path
+
+
+def test_sequence_then_probe_and_merge(workdir, capsys):
+    assert main(["sequence", "seq.yaml", "--out", "run"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["concepts"] == 2
+    run = workdir / "run"
+    for f in ["memory.safetensors", "report.json", "samples.png", "neurons_a.png", "loss_b.png",
+              "dc_after_b.png", "dc_accuracy_matrix.png", "deltas/a.safetensors", "embeddings/zwx.safetensors"]:
+        assert (run / f).is_file(), f
+    assert not [p for p in workdir.iterdir() if p.name.startswith(".run")], "temp folder left behind"
+
+    assert main(["probe", "--images", "a", "--memory", "run/memory.safetensors", "--prompt", "a dog"]) == 0
+    probe = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert probe["candidates"] == ["a photo", "a sks", "a zwx", "a dog"]
+    assert np.allclose(np.sum(probe["probs"], 1), 1, atol=1e-5)
+
+    assert main(["merge", "--memory", "run/memory.safetensors", "--out", "merged"]) == 0
+    from continual_concepts.core.backends.diffusers_backend import DiffusersBackend
+    from continual_concepts.core.cli import load_backend
+    from continual_concepts.core.memory import ContinualMemory
+
+    merged = DiffusersBackend.from_folder(workdir / "merged" / "model")
+    base = load_backend("tiny")
+    mem = ContinualMemory.load(run / "memory.safetensors", base)
+    assert mem.apply_to(base) == "applied"
+    for lm, lb in zip(merged.kv_layers(), base.kv_layers()):
+        assert lm.name == lb.name
+        assert (lm.weight - lb.weight).abs().max() < 1e-6
+    assert mem.apply_to(merged) == "already"  # the merged model is recognised as carrying every concept
+    # the merged text encoder carries the learned trigger embedding
+    assert (merged.token_row("sks") - mem.concepts[0].token).abs().max() < 1e-6
+
+
+def test_train_chains_memory(workdir, capsys):
+    common = ["--images", "a", "--steps", "3", "--select-n-calibration", "2", "--select-budget-pct", "3",
+              "--select-rho-base", "0.3", "--select-n-draws", "1", "--fisher-draws", "1"]
+    assert main(["train", *common, "--prompt", "a sks", "--trigger", "sks", "--out-memory", "m1.safetensors"]) == 0
+    assert main(["train", *common, "--prompt", "a zwx", "--trigger", "zwx", "--memory", "m1.safetensors",
+                 "--out-memory", "m2.safetensors"]) == 0
+    from continual_concepts.core.memory import ContinualMemory
+
+    assert [c.trigger for c in ContinualMemory.load("m2.safetensors").concepts] == ["sks", "zwx"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["select", "--images", "missing", "--prompt", "a sks", "--trigger", "sks", "--out", "n.safetensors"], "does not exist"),
+    (["select", "--images", "empty", "--prompt", "a sks", "--trigger", "sks", "--out", "n.safetensors"], "no images"),
+    (["select", "--images", "bad", "--prompt", "a sks", "--trigger", "sks", "--out", "n.safetensors"], "cannot read"),
+    (["select", "--images", "mixed", "--prompt", "a sks", "--trigger", "sks", "--out", "n.safetensors"], "mixed sizes"),
+    (["select", "--images", "a", "--prompt", "a sks", "--trigger", "not-a-token", "--out", "n.safetensors"], "trigger"),
+    (["select", "--model", "nomodel", "--images", "a", "--prompt", "a", "--trigger", "sks", "--out", "n.safetensors"], "--model"),
+    (["train", "--images", "a", "--prompt", "a sks", "--trigger", "sks", "--steps", "0", "--out-memory", "m.safetensors"], "steps"),
+    (["probe", "--images", "a"], "candidate"),
+    (["probe", "--images", "a", "--memory", "corrupt.safetensors"], "corrupt"),
+    (["sequence", "nothere.yaml", "--out", "run"], "does not exist"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(workdir, capsys, argv, needle):
+    (workdir / "empty").mkdir()
+    (workdir / "bad").mkdir()
+    (workdir / "bad" / "x.png").write_bytes(b"not an image")
+    _draw(workdir / "mixed", (1, 2, 3), n=1, size=16)
+    Image.new("RGB", (20, 20)).save(workdir / "mixed" / "z.png")
+    (workdir / "corrupt.safetensors").write_bytes(os.urandom(200))
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+
+
+def test_unsupported_model_folder(workdir, capsys):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from continual_concepts.core.word_tokenizer import build_word_tokenizer
+
+    m = workdir / "nocross"
+    UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8,
+                         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                         mid_block_type=None, cross_attention_dim=8).save_pretrained(m / "unet")
+    CLIPTextModel(CLIPTextConfig(vocab_size=10, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                 num_attention_heads=1, max_position_embeddings=8)).save_pretrained(m / "text_encoder")
+    build_word_tokenizer(["a", "sks"], 8).save_pretrained(m / "tokenizer")
+    DDPMScheduler().save_pretrained(m / "scheduler")
+    assert main(["probe", "--model", str(m), "--images", "a", "--prompt", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "UNet2DConditionModel" in err and "cross-attention" in err
+
+
+def test_module_entry_point_help():
+    r = subprocess.run([sys.executable, "-m", "continual_concepts", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for cmd in ("select", "train", "probe", "merge", "sequence", "queue"):
+        assert cmd in r.stdout
