@@ -130,3 +130,18 @@ def test_module_entry_point_help():
     assert r.returncode == 0
     for cmd in ("select", "train", "probe", "merge", "sequence", "queue"):
         assert cmd in r.stdout
+
+
+def test_merged_text_encoder_keeps_stock_keys(tmp_path):
+    """Our token override must not leak into saved weights: stock loaders must find every key."""
+    from safetensors import safe_open
+
+    from continual_concepts.core.cli import load_backend
+    from continual_concepts.core.export import save_diffusers_model
+
+    b = load_backend("tiny")
+    save_diffusers_model(b, tmp_path / "m")
+    with safe_open(str(tmp_path / "m" / "text_encoder" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.endswith("embeddings.token_embedding.weight") for k in keys), keys
+    assert not any(".table." in k for k in keys)

@@ -21,20 +21,17 @@ class _Fn(nn.Module):
         return self.fn(w)
 
 
-class _TokenOverride(nn.Module):
-    """Token-embedding table whose rows for some ids are replaced by given (trainable) vectors."""
+class _TokenOverride:
+    """Forward hook on the token-embedding table: rows of some ids are replaced by given (trainable)
+    vectors. A hook, not a wrapper module, so the text encoder's structure and saved keys stay stock."""
 
     def __init__(self, table: nn.Embedding):
-        super().__init__()
         self.table = table
         self.overrides: dict[int, torch.Tensor] = {}
+        table.register_forward_hook(self)
 
-    @property
-    def weight(self):
-        return self.table.weight
-
-    def forward(self, ids):
-        emb = self.table(ids)
+    def __call__(self, module, inputs, emb):
+        ids = inputs[0]
         for tid, vec in self.overrides.items():
             emb = torch.where((ids == tid).unsqueeze(-1), vec.to(emb.dtype), emb)
         return emb
@@ -50,11 +47,7 @@ class DiffusersBackend(Backend):
         self.prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
         self._abar = scheduler.alphas_cumprod.to(self.device, torch.float32)
         self._layers = self._find_kv()
-        emb = self.text_encoder.get_input_embeddings()
-        if not isinstance(emb, _TokenOverride):
-            emb = _TokenOverride(emb)
-            self.text_encoder.set_input_embeddings(emb)
-        self._tokens = emb
+        self._tokens = _TokenOverride(self.text_encoder.get_input_embeddings())
 
     @classmethod
     def from_folder(cls, path, device="cpu", dtype=torch.float32):
@@ -128,11 +121,11 @@ class DiffusersBackend(Backend):
         return ids[0]
 
     def token_row(self, trigger):
-        return self._tokens.weight[self.trigger_token_id(trigger)].detach().clone()
+        return self._tokens.table.weight[self.trigger_token_id(trigger)].detach().clone()
 
     @torch.no_grad()
     def set_token_row(self, trigger, value):
-        self._tokens.weight[self.trigger_token_id(trigger)] = value.to(self._tokens.weight)
+        self._tokens.table.weight[self.trigger_token_id(trigger)] = value.to(self._tokens.table.weight)
 
     def encode_text(self, prompts, tokens=None):
         ids = self.tokenizer(
