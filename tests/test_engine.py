@@ -1,0 +1,205 @@
+"""Core engine behaviours on tiny random diffusers models (issue 2): selection, training, DC, memory."""
+import pytest
+import torch
+
+from continual_concepts.core.backends.base import UnsupportedModelError
+from continual_concepts.core.backends.diffusers_backend import DiffusersBackend
+from continual_concepts.core.continual import learn_concept, merge_result
+from continual_concepts.core.dc_scores import dc_scores, even_timesteps, shared_noise
+from continual_concepts.core.memory import ConceptRecord, ContinualMemory, MemoryMismatchError
+from continual_concepts.core.neurons import SelectConfig, default_calibration_prompts, select_concept_neurons
+from continual_concepts.core.tiny_model import TinyModelSpec, build_tiny_components
+from continual_concepts.core.train import NonFiniteLossError, TrainConfig, train_concept
+
+CAL = ["a red circle", "a photo of a dog", "a blue square", "a cat", "a green house"]
+SEL = SelectConfig(n_calibration=3, budget_pct=3, rho_base=0.3, n_draws=1)
+
+
+def backend(seed=0, vae=False):
+    return DiffusersBackend(**build_tiny_components(TinyModelSpec(sample_size=8, seed=seed, with_vae=vae)))
+
+
+def images(n=3, seed=0):
+    return torch.rand(n, 8 if True else 16, 8, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def snapshot(b):
+    return {k: v.detach().clone() for k, v in b.unet.state_dict().items()}
+
+
+def test_vae_backend_round_trip_shapes():
+    b = DiffusersBackend(**build_tiny_components(TinyModelSpec(sample_size=8, with_vae=True)))
+    x0 = b.encode_images(torch.rand(2, 16, 16, 3))
+    assert x0.shape == (2, 4, 8, 8)
+    assert b.decode(x0).shape == (2, 16, 16, 3)
+
+
+def test_no_cross_attention_is_one_clear_error():
+    from diffusers import UNet2DConditionModel
+
+    c = build_tiny_components(TinyModelSpec(sample_size=8))
+    c["unet"] = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8,
+                                     down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+                                     mid_block_type=None, cross_attention_dim=32)
+    with pytest.raises(UnsupportedModelError, match="UNet2DConditionModel"):
+        DiffusersBackend(**c)
+
+
+def test_selection_masks_budget_and_seed():
+    b = backend()
+    x0 = b.encode_images(images())
+    s1 = select_concept_neurons(b, x0, "a sks", SEL, CAL)
+    s2 = select_concept_neurons(b, x0, "a sks", SEL, CAL)
+    s3 = select_concept_neurons(b, x0, "a sks", SelectConfig(**{**SEL.__dict__, "seed": 1}), CAL)
+    assert all(torch.equal(s1.rows[n], s2.rows[n]) for n in s1.rows)
+    assert any(not torch.equal(s1.rows[n], s3.rows[n]) for n in s1.rows)
+    r = s1.report
+    assert 0 < r["selected_rows"] <= r["budget_rows"]
+    assert r["selected_rows"] <= r["concept_rows_before_cap"] <= r["base_rows"]
+    assert 0 <= r["base_general_overlap"] <= 1 and r["params_pct"] <= SEL.budget_pct + 1e-9
+    assert sum(v["selected"] for v in r["per_layer"].values()) == r["selected_rows"]
+    # a tighter budget caps the selection to exactly the budget, keeping the highest-scoring rows
+    tight = select_concept_neurons(b, x0, "a sks", SelectConfig(**{**SEL.__dict__, "budget_pct": 0.2}), CAL)
+    assert tight.n_rows == tight.report["budget_rows"] < s1.n_rows
+    act = select_concept_neurons(b, x0, "a sks", SelectConfig(**{**SEL.__dict__, "general_scoring": "activation"}), CAL)
+    assert act.n_rows > 0
+    assert 90 <= len(default_calibration_prompts()) <= 110
+
+
+def test_training_touches_only_deltas_and_optimizer_is_row_sized():
+    b = backend()
+    x0 = b.encode_images(images())
+    sel = select_concept_neurons(b, x0, "a sks", SEL, CAL)
+    before = snapshot(b)
+    res = train_concept(b, x0, "a sks", "sks", sel.rows, None, TrainConfig(steps=3, lam_dsc=0))
+    after = snapshot(b)
+    assert all(torch.equal(before[k], after[k]) for k in before), "train_concept wrote a weight"
+    n = sel.n_rows
+    in_dim = next(iter(b.kv_layers())).weight.shape[1]
+    assert res.optimizer_state_bytes == 2 * 4 * (n * in_dim + in_dim) + 2 * 4  # exp_avg+exp_avg_sq of rows+token, 2 step scalars
+    # merging changes exactly the selected rows
+    mem = ContinualMemory.for_model(b)
+    rec = ConceptRecord("a", "sks", "a sks", {k: r for k, (r, _) in res.deltas.items()},
+                        {k: d for k, (_, d) in res.deltas.items()}, res.token)
+    merge_result(b, mem, rec)
+    for layer in b.kv_layers():
+        key = layer.name + ".weight"
+        changed = (snapshot(b)[key] != before[key]).any(1).nonzero().flatten()
+        assert set(changed.tolist()) <= set(sel.rows[layer.name].tolist())
+    other = [k for k in before if not any(k == l.name + ".weight" for l in b.kv_layers())]
+    assert all(torch.equal(before[k], snapshot(b)[k]) for k in other)
+
+
+def _learn_two(cfg: TrainConfig, seed=0):
+    b = backend()
+    mem = ContinualMemory.for_model(b)
+    imgs = images(seed=seed)
+    learn_concept(b, mem, imgs, "a", "sks", "a sks", SEL, TrainConfig(steps=3), CAL)
+    x0 = b.encode_images(images(seed=1))
+    sel = select_concept_neurons(b, x0, "a zwx", SEL, CAL, mem.prev_rows())
+    return train_concept(b, x0, "a zwx", "zwx", sel.rows, mem, cfg)
+
+
+@pytest.mark.parametrize("lam", ["lam_prev", "lam_base", "lam_ewc", "lam_dsc"])
+def test_each_regulariser_exactly_off_at_zero_and_active_above(lam):
+    zero = {k: 0.0 for k in ("lam_prev", "lam_base", "lam_ewc", "lam_dsc")}
+    off = _learn_two(TrainConfig(steps=4, dc_every=1, **zero))
+    on = _learn_two(TrainConfig(steps=4, dc_every=1, **{**zero, lam: 50.0}))
+    key = {"lam_prev": "prev", "lam_base": "base", "lam_ewc": "ewc", "lam_dsc": "dsc"}[lam]
+    assert all(key not in h for h in off.history)
+    assert any(h.get(key, 0) > 0 for h in on.history) or key == "prev"
+    assert any(not torch.equal(off.deltas[n][1], on.deltas[n][1]) for n in off.deltas) or key == "prev"
+
+
+def test_seeded_training_is_reproducible():
+    a, b_, c = (_learn_two(TrainConfig(steps=3, seed=s)) for s in (0, 0, 1))
+    assert all(torch.equal(a.deltas[n][1], b_.deltas[n][1]) for n in a.deltas)
+    assert torch.equal(a.token, b_.token)
+    assert any(not torch.equal(a.deltas[n][1], c.deltas[n][1]) for n in a.deltas if n in c.deltas)
+
+
+def test_nan_guard_and_cancel_leave_model_unchanged():
+    b = backend()
+    x0 = b.encode_images(images())
+    rows = {l.name: torch.tensor([0, 1]) for l in b.kv_layers()}
+    before = snapshot(b)
+    with pytest.raises(NonFiniteLossError, match=r"step 2: diff=(inf|nan)"):
+        train_concept(b, x0, "a sks", "sks", rows, None, TrainConfig(steps=5, lr=1e30, lam_dsc=0))
+    assert all(torch.equal(before[k], v) for k, v in snapshot(b).items())
+    b2 = backend()
+    before2 = snapshot(b2)
+
+    class Cancel(Exception):
+        pass
+
+    def cancel(step, total, terms):
+        if step == 2:
+            raise Cancel
+
+    with pytest.raises(Cancel):
+        train_concept(b2, b2.encode_images(images()), "a sks", "sks", rows, None, TrainConfig(steps=5), callback=cancel)
+    assert all(torch.equal(before2[k], v) for k, v in snapshot(b2).items())
+    assert not any(hasattr(m, "parametrizations") and len(m.parametrizations) for m in b2.unet.modules())
+    with pytest.raises(ValueError, match="steps"):
+        train_concept(b2, x0, "a sks", "sks", rows, None, TrainConfig(steps=0))
+    with pytest.raises(ValueError, match="empty"):
+        train_concept(b2, x0, "a sks", "sks", {n: torch.empty(0, dtype=torch.long) for n in rows}, None)
+
+
+def test_dc_batched_equals_naive_loop():
+    b = backend()
+    x0 = b.encode_images(images(2))
+    prompts = ["a photo", "a red circle", "a blue square", "a cat"]
+    r = dc_scores(b, x0, b.encode_text(prompts), n_timesteps=4, seed=3, max_batch=64)
+    ts = even_timesteps(b.num_timesteps, 4)
+    noise = shared_noise(x0, 4, 3)
+    naive = torch.zeros(2, len(prompts), 4)
+    with torch.no_grad():
+        for i in range(2):
+            for k, p in enumerate(prompts):
+                for j, t in enumerate(ts):
+                    ctx = b.encode_text([p])  # re-encoded each time, one prompt per UNet call
+                    e = b.noise_and_predict_eps(x0[i : i + 1], t.view(1), noise[i, j : j + 1], ctx)
+                    naive[i, k, j] = (e - noise[i, j : j + 1]).pow(2).mean()
+    assert ((r.raw - naive).abs() / naive.abs()).max() < 1e-5
+    assert torch.allclose(r.probs.sum(1), torch.ones(2))
+    assert ts.tolist() == [125, 375, 625, 875]
+    hot = dc_scores(b, x0, b.encode_text(prompts), n_timesteps=4, seed=3, temperature=10.0)
+    assert torch.equal(hot.errors, r.errors) and not torch.allclose(hot.probs, r.probs)
+    halv = dc_scores(b, x0, b.encode_text(prompts), n_timesteps=4, seed=3, halving=[(2, 2), (1, 2)])
+    assert torch.isnan(halv.raw).any() and (halv.predicted < len(prompts)).all()
+
+
+def test_memory_round_trip_fingerprint_and_corruption(tmp_path):
+    b = backend()
+    mem = ContinualMemory.for_model(b, "a picture")
+    learn_concept(b, mem, images(), "a", "sks", "a sks", SEL, TrainConfig(steps=2, fisher_draws=1), CAL)
+    p = mem.save(tmp_path / "m.safetensors")
+    back = ContinualMemory.load(p, b)
+    assert back.header() == mem.header()
+    assert all(torch.equal(v, back.tensors()[k]) for k, v in mem.tensors().items())
+    assert set(mem.fisher) == {l.name for l in b.kv_layers()} and all((f >= 0).all() for f in mem.fisher.values())
+    other = backend(seed=5)
+    with pytest.raises(MemoryMismatchError):
+        ContinualMemory.load(p, other)
+    ContinualMemory.load(p, other, force=True)
+    trunc = tmp_path / "t.safetensors"
+    trunc.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        ContinualMemory.load(trunc)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, tmp_path / "plain.safetensors")
+    with pytest.raises(ValueError, match="not a Continual Concepts memory"):
+        ContinualMemory.load(tmp_path / "plain.safetensors")
+    fresh = backend()
+    assert back.apply_to(fresh) == "applied" and back.apply_to(fresh) == "already"
+    assert all(torch.equal(x.weight, y.weight) for x, y in zip(fresh.kv_layers(), b.kv_layers()))
+
+
+def test_online_fisher_update():
+    mem = ContinualMemory("x")
+    f1, f2 = {"l": torch.full((2, 3), 2.0)}, {"l": torch.full((2, 3), 1.0)}
+    mem.update_fisher(f1, 0.5)
+    mem.update_fisher(f2, 0.5)
+    assert torch.allclose(mem.fisher["l"].float(), torch.full((2, 3), 2.0))
