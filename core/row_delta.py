@@ -1,7 +1,7 @@
 """The trainable state of one concept: the selected K/V rows of every layer as ONE compact tensor.
 
 Optimizer state is therefore sized to the selected rows, never to whole K/V matrices; the frozen
-weights are only read (W.index_add(0, rows, delta) builds the effective weight per forward).
+weights are only read (the backend adds the delta in output space, or builds W.index_add(0, rows, delta)).
 """
 from __future__ import annotations
 
@@ -30,26 +30,19 @@ class RowDeltas(nn.Module):
         o = self.offsets[name]
         return self.delta[o : o + len(self.rows[name])]
 
-    def _fn(self, name):
-        rows = self.rows[name]
-
-        def fn(w):
-            if not self.enabled:
-                return w
-            return w.index_add(0, rows, self.layer_delta(name).to(w.dtype))
-
-        return fn
+    def _getter(self, name):
+        return lambda: self.layer_delta(name) if self.enabled else None
 
     @contextmanager
     def applied(self, backend: Backend):
         """Install on the backend for the duration of the block (removed even on error or cancel)."""
         for n in self.names:
-            backend.set_weight_fn(n, self._fn(n))
+            backend.set_row_delta(n, self.rows[n], self._getter(n))
         try:
             yield self
         finally:
             for n in self.names:
-                backend.set_weight_fn(n, None)
+                backend.clear_row_delta(n)
 
     @contextmanager
     def disabled(self):

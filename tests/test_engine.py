@@ -139,7 +139,7 @@ def test_nan_guard_and_cancel_leave_model_unchanged():
     with pytest.raises(Cancel):
         train_concept(b2, b2.encode_images(images()), "a sks", "sks", rows, None, TrainConfig(steps=5), callback=cancel)
     assert all(torch.equal(before2[k], v) for k, v in snapshot(b2).items())
-    assert not any(hasattr(m, "parametrizations") and len(m.parametrizations) for m in b2.unet.modules())
+    assert not b2._row_hooks and not any(m._forward_hooks for m in b2.unet.modules())
     with pytest.raises(ValueError, match="steps"):
         train_concept(b2, x0, "a sks", "sks", rows, None, TrainConfig(steps=0))
     with pytest.raises(ValueError, match="empty"):
@@ -203,3 +203,25 @@ def test_online_fisher_update():
     mem.update_fisher(f1, 0.5)
     mem.update_fisher(f2, 0.5)
     assert torch.allclose(mem.fisher["l"].float(), torch.full((2, 3), 2.0))
+
+
+def test_output_space_row_delta_equals_weight_path():
+    """The diffusers output-space hook and the generic weight-function path (used by ComfyUI) agree."""
+    from continual_concepts.core.backends.base import Backend
+
+    b = backend()
+    x0 = b.encode_images(images(2))
+    ctx = b.encode_text(["a sks", "a cat"])
+    t, eps = torch.tensor([100, 700]), torch.randn_like(x0)
+    layer = b.kv_layers()[0]
+    rows, d = torch.tensor([1, 5, 9]), torch.randn(3, layer.weight.shape[1])
+    outs = []
+    for setter in (b.set_row_delta, lambda *a: Backend.set_row_delta(b, *a)):
+        setter(layer.name, rows, lambda: d)
+        with torch.no_grad():
+            outs.append(b.noise_and_predict_eps(x0, t, eps, ctx))
+        b.clear_row_delta(layer.name)
+        b.set_weight_fn(layer.name, None)
+    with torch.no_grad():
+        plain = b.noise_and_predict_eps(x0, t, eps, ctx)
+    assert torch.allclose(outs[0], outs[1], atol=1e-5) and not torch.allclose(outs[0], plain, atol=1e-4)

@@ -42,6 +42,21 @@ class Backend(ABC):
     def set_weight_fn(self, layer: str, fn: WeightFn | None) -> None:
         """Make `layer` compute with fn(W) instead of W (None removes it). fn must not modify W."""
 
+    def set_row_delta(self, layer: str, rows: torch.Tensor, get_delta: Callable[[], torch.Tensor | None]) -> None:
+        """Make `layer` compute with W[rows] += get_delta() (None from get_delta: unchanged W).
+
+        Default: through set_weight_fn. Hosts that can should override it to add the delta in output
+        space, so only the selected rows ever get gradients (no full-size effective weight per step)."""
+
+        def fn(w):
+            d = get_delta()
+            return w if d is None else w.index_add(0, rows.to(w.device), d.to(w.dtype))
+
+        self.set_weight_fn(layer, fn)
+
+    def clear_row_delta(self, layer: str) -> None:
+        self.set_weight_fn(layer, None)
+
     @abstractmethod
     def bake_rows(self, layer: str, rows: torch.Tensor, delta: torch.Tensor) -> None:
         """W[rows] += delta, permanently (used when merging a learned concept into this model)."""

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from .base import Backend, KVLayer, UnsupportedModelError, WeightFn
@@ -47,6 +48,7 @@ class DiffusersBackend(Backend):
         self.prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
         self._abar = scheduler.alphas_cumprod.to(self.device, torch.float32)
         self._layers = self._find_kv()
+        self._row_hooks: dict = {}
         self._tokens = _TokenOverride(self.text_encoder.get_input_embeddings())
 
     @classmethod
@@ -100,6 +102,24 @@ class DiffusersBackend(Backend):
             parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
         if fn is not None:
             parametrize.register_parametrization(mod, "weight", _Fn(fn), unsafe=True)
+
+    def set_row_delta(self, layer, rows, get_delta):
+        """Output-space row delta: out[..., rows] += x @ delta^T; only the selected rows get gradients."""
+        self.clear_row_delta(layer)
+        rows = rows.to(self.device)
+
+        def hook(mod, inputs, out):
+            d = get_delta()
+            if d is None:
+                return out
+            return out.index_add(out.dim() - 1, rows, F.linear(inputs[0], d.to(out.dtype)))
+
+        self._row_hooks[layer] = self._module(layer).register_forward_hook(hook)
+
+    def clear_row_delta(self, layer):
+        h = self._row_hooks.pop(layer, None)
+        if h is not None:
+            h.remove()
 
     @torch.no_grad()
     def bake_rows(self, layer, rows, delta):
