@@ -38,6 +38,8 @@ class TrainConfig:
     lam_ewc: float = 1.0
     lam_dsc: float = 1.0
     dc_every: int = 5
+    dsc_batch: int = 1  # DSC distils on this many x_t of the batch (cost grows with it × candidates)
+    dc_max_candidates: int = 5  # c0 + up to 4 sampled earlier concepts per DSC step (Jha et al.: k = 5)
     dc_temperature: float = 1.0
     dc_scale: float | None = None  # None: number of latent elements (sum of squares, Li et al.)
     fisher_draws: int = 2
@@ -52,6 +54,8 @@ class TrainConfig:
             raise ValueError(f"steps must be at least 1 (got {self.steps})")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive (got {self.lr})")
+        if self.dsc_batch < 1 or self.dc_max_candidates < 2:
+            raise ValueError("dsc_batch must be >= 1 and dc_max_candidates >= 2")
         if self.dc_every < 1:
             raise ValueError(f"dc_every must be at least 1 (got {self.dc_every})")
         for k in ("lam_prev", "lam_base", "lam_ewc", "lam_dsc"):
@@ -174,9 +178,11 @@ def train_concept(
                 if cfg.lam_ewc > 0 and fisher is not None:
                     terms["ewc"] = cfg.lam_ewc * (fisher * d.pow(2)).sum()
                 if use_dsc and step % cfg.dc_every == 0:
-                    j = int(torch.randint(0, n_prev + 1, (1,), generator=gen)) if n_prev else 0
-                    j = j if n_prev == 0 else 1 + (j % n_prev)  # an earlier concept when there is one
-                    terms["dsc"] = cfg.lam_dsc * dsc_loss(backend, deltas, xb, cand_ctx, gen, cfg, j)
+                    # c0 plus a random subset of earlier concepts; eps-MSE on the first sampled earlier one
+                    earlier = (1 + torch.randperm(n_prev, generator=gen))[: cfg.dc_max_candidates - 1].tolist()
+                    ctx_k = cand_ctx[[0] + earlier]
+                    j = 1 if earlier else 0
+                    terms["dsc"] = cfg.lam_dsc * dsc_loss(backend, deltas, xb[: cfg.dsc_batch], ctx_k, gen, cfg, j)
                 loss = sum(terms.values())
             vals = {k: float(v.detach()) for k, v in terms.items()}
             if not torch.isfinite(loss):
