@@ -125,30 +125,35 @@ def train_concept(
     x0: torch.Tensor,
     prompt: str,
     trigger: str | None,
-    rows: dict[str, torch.Tensor],
+    rows: dict[str, torch.Tensor] | None,
     memory: ContinualMemory | None = None,
     cfg: TrainConfig | None = None,
     callback=None,
+    adapter=None,
 ) -> TrainResult:
     """Train; return the deltas. The backend's weights are never written (bake the result to merge).
 
-    callback(step, total, terms) runs after every step; raising from it cancels with nothing applied."""
+    callback(step, total, terms) runs after every step; raising from it cancels with nothing applied.
+    adapter: another trainable weight change with RowDeltas' surface (applied(backend), disabled(),
+    parameters(), optional penalty() -> {name: loss}) — how baselines such as C-LoRA share this loop;
+    the row regularisers (prev/base/ewc) apply to RowDeltas only."""
     cfg = cfg or TrainConfig()
     cfg.validate()
     if len(x0) == 0:
         raise ValueError("images: no concept images to train on")
-    if sum(len(r) for r in rows.values()) == 0:
+    if adapter is None and sum(len(r) for r in rows.values()) == 0:
         raise ValueError("neurons: the selection is empty; raise the budget or rho_base")
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = backend.device
-    deltas = RowDeltas(rows, kv_in_dim(backend), dev)
-    params = [{"params": [deltas.delta], "lr": cfg.lr}]
+    deltas = adapter if adapter is not None else RowDeltas(rows, kv_in_dim(backend), dev)
+    rowwise = isinstance(deltas, RowDeltas)
+    params = [{"params": list(deltas.parameters()), "lr": cfg.lr}]
     token = None
     if trigger and cfg.train_token:
         token = torch.nn.Parameter(backend.token_row(trigger).float().to(dev))
         params.append({"params": [token], "lr": cfg.token_lr})
     opt = torch.optim.AdamW(params, weight_decay=0.0)
-    in_prev, offset, fisher = _reg_tensors(backend, deltas, memory)
+    in_prev, offset, fisher = _reg_tensors(backend, deltas, memory) if rowwise else (None, None, None)
     use_dsc = cfg.lam_dsc > 0 and memory is not None
     if use_dsc:
         with torch.no_grad():
@@ -170,13 +175,16 @@ def train_concept(
                 ctx = (backend.encode_text([prompt], {trigger: token}) if token is not None else fixed_ctx)
                 pred = backend.noise_and_predict_eps(xb, t, eps, ctx.expand(len(xb), -1, -1))
                 terms = {"diff": (pred.float() - eps.float()).pow(2).mean()}
-                d = deltas.delta
-                if cfg.lam_prev > 0:
-                    terms["prev"] = cfg.lam_prev * d[in_prev].pow(2).sum()
-                if cfg.lam_base > 0:
-                    terms["base"] = cfg.lam_base * (d[~in_prev] + offset[~in_prev]).pow(2).sum()
-                if cfg.lam_ewc > 0 and fisher is not None:
-                    terms["ewc"] = cfg.lam_ewc * (fisher * d.pow(2)).sum()
+                if rowwise:
+                    d = deltas.delta
+                    if cfg.lam_prev > 0:
+                        terms["prev"] = cfg.lam_prev * d[in_prev].pow(2).sum()
+                    if cfg.lam_base > 0:
+                        terms["base"] = cfg.lam_base * (d[~in_prev] + offset[~in_prev]).pow(2).sum()
+                    if cfg.lam_ewc > 0 and fisher is not None:
+                        terms["ewc"] = cfg.lam_ewc * (fisher * d.pow(2)).sum()
+                else:
+                    terms.update(deltas.penalty() if hasattr(deltas, "penalty") else {})
                 if use_dsc and step % cfg.dc_every == 0:
                     # c0 plus a random subset of earlier concepts; eps-MSE on the first sampled earlier one
                     earlier = (1 + torch.randperm(n_prev, generator=gen))[: cfg.dc_max_candidates - 1].tolist()
@@ -202,7 +210,7 @@ def train_concept(
                 callback(step + 1, cfg.steps, vals)
     state_bytes = sum(v.numel() * v.element_size() for s in opt.state.values() for v in s.values() if torch.is_tensor(v))
     return TrainResult(
-        deltas=deltas.as_dict(),
+        deltas=deltas.as_dict() if rowwise else {},
         token=token.detach().float().cpu() if token is not None else None,
         history=history,
         seconds=time.perf_counter() - t0,

@@ -1,0 +1,101 @@
+"""The methods the continual benchmark compares, each learning one concept into the model in place.
+
+naive        sequential fine-tuning of every K/V row, no regulariser (Custom-Diffusion style, continual)
+clora        K/V LoRA per task + C-LoRA self-regulariser || |sum of past BA| ⊙ BA ||^2 (Smith et al.),
+             each task's BA merged into the weights before the next
+cns          concept-neuron selection + CNS L_reg (rows of earlier concepts / pretrained rows)
+cns+ewc      + EWC with the online DC-score Fisher
+cns+ewc+dsc  + DSC distillation against the model before the concept (our default)
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from ..core.continual import learn_concept, merge_result
+from ..core.memory import ConceptRecord
+from ..core.row_delta import all_rows
+from ..core.train import TrainConfig, train_concept
+
+METHODS = ("naive", "clora", "cns", "cns+ewc", "cns+ewc+dsc")
+DEFAULT_METHOD = "cns+ewc+dsc"
+
+
+class CLoRA(nn.Module):
+    """One LoRA per K/V layer; penalty = lam * sum || |anchor| ⊙ (B A) ||_F^2, anchor = sum of past B A."""
+
+    def __init__(self, backend, anchors: dict[str, torch.Tensor], rank: int, lam: float, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.names = [l.name for l in backend.kv_layers()]
+        shapes = {l.name: l.weight.shape for l in backend.kv_layers()}
+        self.A = nn.ParameterList([nn.Parameter(torch.randn(rank, shapes[n][1], generator=g) / shapes[n][1] ** 0.5)
+                                   for n in self.names])
+        self.B = nn.ParameterList([nn.Parameter(torch.zeros(shapes[n][0], rank)) for n in self.names])
+        self.anchors, self.lam, self.enabled = anchors, lam, True
+
+    def product(self, i):
+        return self.B[i] @ self.A[i]
+
+    @contextmanager
+    def applied(self, backend):
+        for i, n in enumerate(self.names):
+            backend.set_weight_fn(n, lambda w, i=i: w + self.product(i).to(w.dtype) if self.enabled else w)
+        try:
+            yield self
+        finally:
+            for n in self.names:
+                backend.set_weight_fn(n, None)
+
+    @contextmanager
+    def disabled(self):
+        prev, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = prev
+
+    def penalty(self):
+        if not self.anchors or self.lam == 0:
+            return {}
+        return {"clora": self.lam * sum((self.anchors[n].abs() * self.product(i)).pow(2).sum()
+                                        for i, n in enumerate(self.names) if n in self.anchors)}
+
+
+def _train_cfg(method: str, base: TrainConfig) -> TrainConfig:
+    if method in ("naive", "clora"):
+        return replace(base, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0)
+    if method == "cns":
+        return replace(base, lam_ewc=0, lam_dsc=0)
+    if method == "cns+ewc":
+        return replace(base, lam_dsc=0)
+    return base
+
+
+def learn(method: str, backend, memory, images, name, trigger, prompt, select_cfg, train_cfg: TrainConfig,
+          calibration_prompts, state: dict, clora_rank: int = 4, clora_lam: float = 1e3, naive_lr: float | None = None):
+    """Learn one concept with `method` (merged into backend + memory); returns its TrainResult.
+
+    `state` carries what a method keeps between tasks (C-LoRA's anchors)."""
+    if method not in METHODS:
+        raise ValueError(f"method '{method}' is not one of {', '.join(METHODS)}")
+    cfg = _train_cfg(method, train_cfg)
+    if method == "naive":
+        return learn_concept(backend, memory, images, name, trigger, prompt, select_cfg,
+                             replace(cfg, lr=naive_lr or cfg.lr), calibration_prompts, rows=all_rows(backend)).result
+    if method == "clora":
+        x0 = backend.encode_images(images)
+        anchors = state.setdefault("anchors", {})
+        ad = CLoRA(backend, anchors, clora_rank, clora_lam, cfg.seed + len(memory.concepts)).to(backend.device)
+        res = train_concept(backend, x0, prompt, trigger, None, memory, cfg, adapter=ad)
+        rows = all_rows(backend)
+        deltas = {n: ad.product(i).detach().float().cpu() for i, n in enumerate(ad.names)}
+        for n, d in deltas.items():
+            anchors[n] = anchors.get(n, torch.zeros_like(d)) + d
+        merge_result(backend, memory, ConceptRecord(name, trigger, prompt, rows, deltas, res.token,
+                                                    metrics={"seconds": res.seconds}))
+        return res
+    return learn_concept(backend, memory, images, name, trigger, prompt, select_cfg, cfg, calibration_prompts).result
