@@ -29,11 +29,13 @@ def merge_result(backend: Backend, memory: ContinualMemory, record: ConceptRecor
     memory.add_concept(record)
 
 
-def update_fisher(backend: Backend, memory: ContinualMemory, x0: torch.Tensor, cfg: TrainConfig) -> None:
+def update_fisher(backend: Backend, memory: ContinualMemory, x0: torch.Tensor, cfg: TrainConfig,
+                  at: dict | None = None) -> None:
+    """Fold the newest concept's DC Fisher into the memory (`at`: its deltas, if not baked into backend)."""
     with torch.no_grad():
         ctx = backend.encode_text(memory.candidates())
     f = dc_fisher(backend, x0, ctx, target=len(memory.concepts), draws=cfg.fisher_draws, seed=cfg.seed,
-                  temperature=cfg.dc_temperature, scale=cfg.dc_scale)
+                  temperature=cfg.dc_temperature, scale=cfg.dc_scale, at=at)
     memory.update_fisher(f, cfg.fisher_gamma)
 
 

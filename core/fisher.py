@@ -14,8 +14,15 @@ from .row_delta import RowDeltas, all_rows, kv_in_dim
 
 
 def dc_fisher(backend: Backend, x0: torch.Tensor, contexts: torch.Tensor, target: int, draws: int = 2,
-              seed: int = 0, temperature: float = 1.0, scale: float | None = None) -> dict[str, torch.Tensor]:
+              seed: int = 0, temperature: float = 1.0, scale: float | None = None,
+              at: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+    """`at` (layer -> (rows, delta)) evaluates the Fisher at W + delta without writing W (hosts that must
+    not bake into shared weights, e.g. ComfyUI)."""
     dense = RowDeltas(all_rows(backend), kv_in_dim(backend), backend.device)
+    if at:
+        with torch.no_grad():
+            for n, (rows, d) in at.items():
+                dense.delta[dense.offsets[n] + rows.to(dense.delta.device)] = d.to(dense.delta)
     gen = torch.Generator().manual_seed(seed)
     K = contexts.shape[0]
     fisher = torch.zeros_like(dense.delta)

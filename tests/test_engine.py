@@ -225,3 +225,21 @@ def test_output_space_row_delta_equals_weight_path():
     with torch.no_grad():
         plain = b.noise_and_predict_eps(x0, t, eps, ctx)
     assert torch.allclose(outs[0], outs[1], atol=1e-5) and not torch.allclose(outs[0], plain, atol=1e-4)
+
+
+def test_fisher_at_delta_equals_fisher_after_baking():
+    """The ComfyUI path (Fisher at W + delta, nothing written) equals baking then measuring."""
+    from continual_concepts.core.fisher import dc_fisher
+
+    b1, b2 = backend(), backend()
+    x0 = b1.encode_images(images(2))
+    rows = {l.name: torch.tensor([0, 3]) for l in b1.kv_layers()}
+    delta = {n: torch.randn(2, 32) * 0.1 for n in rows}
+    for n in rows:
+        b1.bake_rows(n, rows[n], delta[n])
+    ctx = b1.encode_text(["a photo", "a sks"])
+    f1 = dc_fisher(b1, x0, ctx, target=1, draws=1)
+    before = snapshot(b2)
+    f2 = dc_fisher(b2, x0, ctx, target=1, draws=1, at={n: (rows[n], delta[n]) for n in rows})
+    assert all(torch.equal(before[k], v) for k, v in snapshot(b2).items())
+    assert all(torch.allclose(f1[n], f2[n], rtol=1e-3, atol=1e-10) for n in f1)

@@ -12,6 +12,20 @@ from typing import Callable
 import torch
 
 
+def row_delta_hook(rows: torch.Tensor, get_delta: Callable[[], torch.Tensor | None]):
+    """Forward hook adding a row delta in output space: out[..., rows] += x @ delta^T.
+
+    Only the selected rows get gradients and no full-size effective weight is built."""
+
+    def hook(module, inputs, out):
+        d = get_delta()
+        if d is None:
+            return out
+        return out.index_add(out.dim() - 1, rows.to(out.device), torch.nn.functional.linear(inputs[0], d.to(out.dtype)))
+
+    return hook
+
+
 class UnsupportedModelError(ValueError):
     """The model has no cross-attention K/V projections (or is of a family we cannot train)."""
 

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
-from .base import Backend, KVLayer, UnsupportedModelError, WeightFn
+from .base import Backend, KVLayer, UnsupportedModelError, WeightFn, row_delta_hook
 
 
 class _Fn(nn.Module):
@@ -106,15 +105,7 @@ class DiffusersBackend(Backend):
     def set_row_delta(self, layer, rows, get_delta):
         """Output-space row delta: out[..., rows] += x @ delta^T; only the selected rows get gradients."""
         self.clear_row_delta(layer)
-        rows = rows.to(self.device)
-
-        def hook(mod, inputs, out):
-            d = get_delta()
-            if d is None:
-                return out
-            return out.index_add(out.dim() - 1, rows, F.linear(inputs[0], d.to(out.dtype)))
-
-        self._row_hooks[layer] = self._module(layer).register_forward_hook(hook)
+        self._row_hooks[layer] = self._module(layer).register_forward_hook(row_delta_hook(rows, get_delta))
 
     def clear_row_delta(self, layer):
         h = self._row_hooks.pop(layer, None)

@@ -1,0 +1,57 @@
+"""Measure the toy model with the oracle: zero-shot quality on held-out captions, and concept accuracy."""
+from __future__ import annotations
+
+import torch
+
+from ...core.sampling import sample
+from ...core.sequence import ConceptSpec
+from .oracle import classify, load_oracle
+from .world import BG_NAMES, CONCEPTS, concept_images, concept_prompt, heldout_combos, train_combos, caption
+
+GUIDANCE, STEPS = 4.0, 25
+
+
+def concept_specs(n: int, images_per_concept: int = 6) -> list[ConceptSpec]:
+    """Train on a gray background; evaluate on the three other backgrounds (new contexts)."""
+    out = []
+    for c in CONCEPTS[:n]:
+        imgs = torch.tensor(concept_images(c, images_per_concept), dtype=torch.float32) / 255
+        evals = [concept_prompt(c, bg) for bg in BG_NAMES if bg != "gray"]
+        out.append(ConceptSpec(c.name, c.trigger, concept_prompt(c, "gray"), imgs, evals))
+    return out
+
+
+class ToyWorld:
+    """The world object bench.continual_bench measures with (see its docstring)."""
+
+    generic_prompt = ""  # c0: the unconditional prompt stands for "what the model drew before"
+
+    def __init__(self, n_concepts: int = 5, samples_per_prompt: int = 4, base_samples: int = 2):
+        self.concepts = concept_specs(n_concepts)
+        self.calibration_prompts = [caption(*x) for x in train_combos()]
+        self.oracle = load_oracle()
+        self.k, self.base_k = samples_per_prompt, base_samples
+
+    def _generate(self, backend, prompts, seed):
+        return sample(backend, prompts, steps=STEPS, guidance=GUIDANCE, seed=seed)
+
+    def concept_accuracy(self, backend, spec: ConceptSpec) -> float:
+        prompts = [p for p in spec.eval_prompts for _ in range(self.k)]
+        pred = classify(self.oracle, self._generate(backend, prompts, seed=11))["shape"]
+        return sum(p == spec.name for p in pred) / len(pred)
+
+    def base_scores(self, backend) -> dict[str, float]:
+        combos = [x for x in heldout_combos() for _ in range(self.base_k)]
+        pred = classify(self.oracle, self._generate(backend, [caption(*x) for x in combos], seed=7))
+        shape = [p == s for p, (s, _, _) in zip(pred["shape"], combos)]
+        colour = [p == c for p, (_, c, _) in zip(pred["colour"], combos)]
+        bg = [p == b for p, (_, _, b) in zip(pred["background"], combos)]
+        n = len(combos)
+        return {"shape": sum(shape) / n, "colour": sum(colour) / n, "background": sum(bg) / n,
+                "shape_and_colour": sum(a and b for a, b in zip(shape, colour)) / n}
+
+    def base_accuracy(self, backend) -> float:
+        return self.base_scores(backend)["shape_and_colour"]
+
+    def concept_samples(self, backend, specs) -> torch.Tensor:
+        return self._generate(backend, [s.eval_prompts[0] for s in specs], seed=3)
