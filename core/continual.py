@@ -33,7 +33,7 @@ def update_fisher(backend: Backend, memory: ContinualMemory, x0: torch.Tensor, c
                   at: dict | None = None) -> None:
     """Fold the newest concept's DC Fisher into the memory (`at`: its deltas, if not baked into backend)."""
     with torch.no_grad():
-        ctx = backend.encode_text(memory.candidates())
+        ctx = backend.encode_text(memory.candidates(), memory.tokens())
     f = dc_fisher(backend, x0, ctx, target=len(memory.concepts), draws=cfg.fisher_draws, seed=cfg.seed,
                   temperature=cfg.dc_temperature, scale=cfg.dc_scale, at=at)
     memory.update_fisher(f, cfg.fisher_gamma)

@@ -81,6 +81,10 @@ class ContinualMemory:
         """DC candidates: the generic 'pretrained' prompt c0, then each learned concept's prompt."""
         return [self.generic_prompt] + [c.prompt for c in self.concepts]
 
+    def tokens(self) -> dict[str, torch.Tensor]:
+        """Learned trigger embeddings (the latest per trigger), for hosts that have not baked them."""
+        return {c.trigger: c.token for c in self.concepts if c.token is not None}
+
     def check_model(self, backend: Backend, force: bool = False) -> None:
         fp = model_fingerprint(backend, self.pretrained)
         if fp != self.fingerprint and not force:

@@ -33,7 +33,7 @@ def dc_probe_accuracy(backend: Backend, memory: ContinualMemory, images: list[to
                       n_timesteps: int = 8, seed: int = 0) -> tuple[list[float], torch.Tensor]:
     """For each learned concept: fraction of its images whose DC prediction is that concept."""
     with torch.no_grad():
-        ctx = backend.encode_text(memory.candidates())
+        ctx = backend.encode_text(memory.candidates(), memory.tokens())
     accs, probs = [], []
     for i, imgs in enumerate(images):
         r = dc_scores(backend, backend.encode_images(imgs), ctx, n_timesteps=n_timesteps, seed=seed)

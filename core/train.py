@@ -157,7 +157,7 @@ def train_concept(
     use_dsc = cfg.lam_dsc > 0 and memory is not None
     if use_dsc:
         with torch.no_grad():
-            cand_ctx = backend.encode_text(memory.candidates()).detach()
+            cand_ctx = backend.encode_text(memory.candidates(), memory.tokens()).detach()
         n_prev = len(memory.concepts)
     if cfg.gradient_checkpointing:
         backend.enable_gradient_checkpointing()

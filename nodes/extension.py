@@ -1,0 +1,16 @@
+"""Registers the pack's nodes with ComfyUI (V3 extension; loaded lazily from the pack's comfy_entrypoint)."""
+from comfy_api.latest import ComfyExtension, io
+
+from .memory_nodes import LoadConceptImages, LoadConceptMemory, SaveConceptMemory
+from .merge_node import MergeIntoCheckpoint
+from .probe_node import DCScoreProbe
+from .select_node import SelectConceptNeurons
+from .train_node import ContinualTrainStep
+
+NODES = [LoadConceptImages, SelectConceptNeurons, ContinualTrainStep, DCScoreProbe, MergeIntoCheckpoint,
+         LoadConceptMemory, SaveConceptMemory]
+
+
+class ContinualConceptsExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return NODES

@@ -1,0 +1,51 @@
+"""Select Concept Neurons: which K/V rows to train for a concept (thin wrapper over core.neurons)."""
+from __future__ import annotations
+
+import json
+
+from comfy_api.latest import io
+
+from ..core.images import check_image_batch
+from ..core.neurons import SelectConfig, select_concept_neurons
+from ..core.pictures import neuron_map
+from .common import CATEGORY, Memory, Neurons, image, training_backend
+
+
+class SelectConceptNeurons(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="ContinualConcepts_SelectConceptNeurons", display_name="Select Concept Neurons", category=CATEGORY,
+            description="Find the cross-attention K/V rows that respond to the concept but not to generic prompts (CNS).",
+            inputs=[
+                io.Model.Input("model", tooltip="The model to personalise (SD1.x / SD2.x)."),
+                io.Clip.Input("clip", tooltip="Its text encoder."),
+                io.Vae.Input("vae", tooltip="Its VAE, to encode the concept images."),
+                io.Image.Input("images", tooltip="A few images of the concept (one batch, same size)."),
+                io.String.Input("prompt", default="a photo of sks", tooltip="Prompt describing the concept, with the trigger word."),
+                io.String.Input("trigger", default="sks", tooltip="A rare word that is exactly one token; it will mean the concept."),
+                io.Float.Input("budget_pct", default=0.13, min=0.001, max=10.0, step=0.01, tooltip="At most this % of UNet parameters is trained (CNS: ~0.13 %)."),
+                io.Int.Input("calibration_prompts", default=20, min=1, max=100, tooltip="How many generic prompts decide which rows are 'general'."),
+                io.Combo.Input("general_scoring", options=["taylor", "activation"], tooltip="taylor: gradients on your images with generic prompts; activation: text only, faster."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed for timesteps, noise and the prompt sample."),
+                Memory.Input("memory", optional=True, tooltip="Continual memory, to report overlap with earlier concepts."),
+            ],
+            outputs=[Neurons.Output(display_name="neurons"), io.Image.Output(display_name="neuron_map"),
+                     io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, images, prompt, trigger, budget_pct, calibration_prompts, general_scoring,
+                seed, memory=None) -> io.NodeOutput:
+        images = check_image_batch(images)
+        cfg = SelectConfig(budget_pct=budget_pct, n_calibration=calibration_prompts, general_scoring=general_scoring, seed=seed)
+        with training_backend(model, clip, vae) as b:
+            b.trigger_token_id(trigger)
+            if trigger not in prompt.split():
+                raise ValueError(f"prompt: must contain the trigger word '{trigger}'")
+            sel = select_concept_neurons(b, b.encode_images(images), prompt, cfg,
+                                         prev_rows=memory.prev_rows() if memory else None)
+            sizes = {l.name: l.weight.shape[0] for l in b.kv_layers()}
+        pic = image(neuron_map(sel.rows, sizes, f"concept neurons for '{trigger}'"))
+        rep = {k: v for k, v in sel.report.items() if k not in ("calibration_prompts",)}
+        return io.NodeOutput(sel, pic, json.dumps(rep, indent=1))

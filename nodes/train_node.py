@@ -1,0 +1,74 @@
+"""Continual Train Step (DC-regularized): learn one concept; returns patched clones, never edits the input."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from comfy_api.latest import io
+
+from ..core.continual import update_fisher
+from ..core.images import check_image_batch
+from ..core.memory import ConceptRecord, ContinualMemory
+from ..core.pictures import loss_curve
+from ..core.train import TrainConfig, train_concept
+from .common import CATEGORY, Memory, Neurons, image, patched_clip, patched_model, progress, training_backend
+
+
+class ContinualTrainStep(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        f = io.Float.Input
+        return io.Schema(
+            node_id="ContinualConcepts_ContinualTrainStep", display_name="Continual Train Step (DC-regularized)",
+            category=CATEGORY,
+            description="Train only the selected K/V rows with CNS, EWC-DC and DSC regularisers. The trigger token is "
+                        "not trained inside ComfyUI: its CLIP forward adds residuals in place, which autograd cannot "
+                        "differentiate (the CLI trains it); the concept lives in the K/V rows.",
+            inputs=[
+                io.Model.Input("model", tooltip="Model before this concept (may already carry earlier concepts)."),
+                io.Clip.Input("clip", tooltip="Text encoder before this concept."),
+                io.Vae.Input("vae", tooltip="VAE to encode the concept images."),
+                io.Image.Input("images", tooltip="The concept images (one batch)."),
+                Neurons.Input("neurons", tooltip="Output of Select Concept Neurons."),
+                io.String.Input("prompt", default="a photo of sks", tooltip="Training prompt with the trigger word."),
+                io.String.Input("trigger", default="sks", tooltip="The concept's trigger word (one token)."),
+                io.String.Input("name", default="my-concept", tooltip="Name of the concept in the memory."),
+                io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimisation steps (>= 1)."),
+                f("lr", default=2e-3, min=1e-7, max=1.0, step=1e-4, tooltip="Learning rate of the row deltas."),
+                f("lam_prev", default=1.0, min=0, max=1e6, step=0.01, tooltip="CNS: keep rows of earlier concepts (0 = off)."),
+                f("lam_base", default=0.1, min=0, max=1e6, step=0.01, tooltip="CNS: keep new rows near pretrained (0 = off)."),
+                f("lam_ewc", default=1.0, min=0, max=1e6, step=0.01, tooltip="EWC with the DC-score Fisher (0 = off)."),
+                f("lam_dsc", default=1.0, min=0, max=1e6, step=0.01, tooltip="DSC distillation from the model before (0 = off)."),
+                io.Int.Input("dc_every", default=5, min=1, max=1000, tooltip="Run DSC every k steps."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed: same seed, same result on CPU."),
+                Memory.Input("memory", optional=True, tooltip="Continual memory from earlier concepts (none: first concept)."),
+                io.String.Input("generic_prompt", default="a photo", tooltip="DC candidate standing for what the model drew before."),
+            ],
+            outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
+                     Memory.Output(display_name="memory"), io.Image.Output(display_name="loss_curve")],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, images, neurons, prompt, trigger, name, steps, lr, lam_prev, lam_base, lam_ewc,
+                lam_dsc, dc_every, seed, memory=None, generic_prompt="a photo") -> io.NodeOutput:
+        images = check_image_batch(images)
+        cfg = TrainConfig(steps=steps, lr=lr, lam_prev=lam_prev, lam_base=lam_base, lam_ewc=lam_ewc, lam_dsc=lam_dsc,
+                          dc_every=dc_every, train_token=False, seed=seed)
+        cfg.validate()
+        with training_backend(model, clip, vae) as b:
+            b.trigger_token_id(trigger)
+            mem = copy.deepcopy(memory) if memory is not None else ContinualMemory.for_model(b, generic_prompt)
+            mem.check_model(b)
+            x0 = b.encode_images(images)
+            res = train_concept(b, x0, prompt, trigger, neurons.rows, mem, cfg, callback=progress(steps))
+            rec = ConceptRecord(name, trigger, prompt, {n: r for n, (r, _) in res.deltas.items()},
+                                {n: d for n, (_, d) in res.deltas.items()}, res.token, config={"train": res.config},
+                                metrics={"seconds": res.seconds, "final_loss": res.history[-1]["diff"]})
+            mem.record_pretrained(b, rec.rows)
+            mem.add_concept(rec)
+            if lam_ewc > 0:
+                update_fisher(b, mem, x0, cfg, at=res.deltas)
+            out_clip = patched_clip(clip, b, trigger, res.token)
+        with torch.inference_mode(False):
+            out_model = patched_model(model, res.deltas)
+        return io.NodeOutput(out_model, out_clip, mem, image(loss_curve(res.history, f"learning '{name}'")))

@@ -1,0 +1,137 @@
+"""The nodes on ComfyUI's real ModelPatcher / CLIP / VAE, run under inference_mode as ComfyUI runs them."""
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("comfy_api")
+
+
+def _kv_state(model):
+    return {k: v.clone() for k, v in model.model.state_dict().items() if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))}
+
+
+def run(node, **kw):
+    with torch.inference_mode():
+        return node.execute(**kw).args
+
+
+@pytest.fixture(scope="module")
+def trained(loaded, tmp_path_factory):
+    from continual_concepts.nodes.select_node import SelectConceptNeurons
+    from continual_concepts.nodes.train_node import ContinualTrainStep
+
+    model, clip, vae = loaded
+    before = _kv_state(model)
+    images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    neurons, nmap, report = run(SelectConceptNeurons, model=model, clip=clip, vae=vae, images=images,
+                                prompt="a photo of sks", trigger="sks", budget_pct=0.5, calibration_prompts=2,
+                                general_scoring="taylor", seed=0)
+    m2, c2, mem, loss = run(ContinualTrainStep, model=model, clip=clip, vae=vae, images=images, neurons=neurons,
+                            prompt="a photo of sks", trigger="sks", name="a", steps=3, lr=1e-2, lam_prev=1.0,
+                            lam_base=0.1, lam_ewc=1.0, lam_dsc=1.0, dc_every=2, seed=0)
+    return dict(model=model, clip=clip, vae=vae, images=images, neurons=neurons, nmap=nmap, report=report,
+                m2=m2, c2=c2, mem=mem, loss=loss, before=before)
+
+
+def test_select_reports_and_pictures(trained):
+    rep = json.loads(trained["report"])
+    assert 0 < rep["selected_rows"] <= rep["budget_rows"]
+    assert trained["nmap"].ndim == 4 and trained["nmap"].shape[-1] == 3
+
+
+def test_train_returns_patched_clones_and_leaves_input_untouched(trained):
+    model, m2 = trained["model"], trained["m2"]
+    assert m2 is not model and not model.patches, "input MODEL got patches"
+    assert not trained["clip"].patcher.patches, "input CLIP got patches"
+    assert trained["c2"] is not trained["clip"]
+    keys = set(m2.patches)
+    assert keys and all("attn2.to_k" in k or "attn2.to_v" in k for k in keys)
+    rows = trained["neurons"].rows
+    for k, plist in m2.patches.items():
+        diff = plist[0][1][0]
+        nz = diff.abs().sum(1).nonzero().flatten().tolist()
+        assert set(nz) <= set(rows[k[: -len(".weight")]].tolist())
+    import comfy.model_management as mm
+
+    mm.load_models_gpu([model])  # the input model, loaded again, still has its original weights
+    after = _kv_state(model)
+    assert all(torch.equal(trained["before"][k], after[k]) for k in after)
+    assert trained["loss"].shape[-1] == 3 and len(trained["mem"].concepts) == 1
+
+
+def test_probe_json_and_predicted(trained):
+    from continual_concepts.nodes.probe_node import DCScoreProbe
+
+    js, chart, pred = run(DCScoreProbe, model=trained["m2"], clip=trained["c2"], vae=trained["vae"],
+                          images=trained["images"], prompts="a dog\n", timesteps=2, seed=0, memory=trained["mem"])
+    data = json.loads(js)
+    assert data["candidates"] == ["a photo", "a photo of sks", "a dog"]
+    assert all(abs(sum(p) - 1) < 1e-4 for p in data["probs"]) and len(pred.splitlines()) == 2
+
+
+def test_merge_writes_loadable_checkpoint_with_only_selected_rows_changed(trained, tmp_path):
+    import comfy.sd
+    import folder_paths
+    from safetensors.torch import load_file
+
+    from continual_concepts.nodes.merge_node import MergeIntoCheckpoint
+
+    folder_paths.set_output_directory(str(tmp_path))
+    (path,) = run(MergeIntoCheckpoint, model=trained["m2"], clip=trained["c2"], vae=trained["vae"],
+                  memory=trained["mem"], filename_prefix="cc/test")
+    assert path.startswith(str(tmp_path / "checkpoints")) and path.endswith("_00001.safetensors")
+    sd = load_file(path)
+    rows = trained["neurons"].rows
+    for k, v in trained["before"].items():
+        changed = (sd["model." + k].float() != v.half().float()).any(1).nonzero().flatten().tolist()
+        assert set(changed) <= set(rows[k[: -len(".weight")]].tolist()), k
+    assert any((sd["model." + k].float() != v.half().float()).any() for k, v in trained["before"].items())
+    m, c, v, _ = comfy.sd.load_checkpoint_guess_config(path)
+    assert type(m.model.model_config).__name__ == "SD15"
+    stem = path[: -len(".safetensors")]
+    lora = load_file(f"{stem}.a.lora.safetensors")
+    assert any(k.startswith("lora_unet_") and k.endswith("lora_up.weight") for k in lora)
+    with pytest.raises(Exception):  # never overwrite: a second merge gets the next counter, not this name
+        from continual_concepts.core.atomic_io import atomic_write
+
+        atomic_write(path, lambda tmp: None)
+
+
+@pytest.mark.parametrize("case", ["empty_images", "zero_steps", "corrupt_memory", "empty_candidates", "bad_trigger",
+                                  "prefix_escape"])
+def test_bad_input_gives_one_clear_error(trained, case, tmp_path):
+    from continual_concepts.core.memory import ContinualMemory
+    from continual_concepts.nodes.merge_node import MergeIntoCheckpoint
+    from continual_concepts.nodes.probe_node import DCScoreProbe
+    from continual_concepts.nodes.train_node import ContinualTrainStep
+
+    t = trained
+    common = dict(model=t["model"], clip=t["clip"], vae=t["vae"])
+    train_kw = dict(common, images=t["images"], neurons=t["neurons"], prompt="a photo of sks", trigger="sks", name="b",
+                    steps=1, lr=1e-2, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, dc_every=1, seed=0)
+    if case == "empty_images":
+        with pytest.raises(ValueError, match="images"):
+            run(ContinualTrainStep, **{**train_kw, "images": torch.zeros(0, 64, 64, 3)})
+    elif case == "zero_steps":
+        with pytest.raises(ValueError, match="steps"):
+            run(ContinualTrainStep, **{**train_kw, "steps": 0})
+    elif case == "corrupt_memory":
+        p = tmp_path / "m.safetensors"
+        p.write_bytes(b"\x00" * 64)
+        with pytest.raises(ValueError, match="corrupt"):
+            ContinualMemory.load(p)
+    elif case == "empty_candidates":
+        with pytest.raises(ValueError, match="candidates"):
+            run(DCScoreProbe, **common, images=t["images"], prompts="  \n", timesteps=1, seed=0)
+    elif case == "bad_trigger":
+        with pytest.raises(ValueError, match="trigger"):
+            run(ContinualTrainStep, **{**train_kw, "trigger": "not a word"})
+    elif case == "prefix_escape":
+        import folder_paths
+
+        folder_paths.set_output_directory(str(tmp_path))
+        with pytest.raises(ValueError, match="filename_prefix"):
+            run(MergeIntoCheckpoint, model=t["m2"], clip=t["c2"], vae=t["vae"], memory=t["mem"],
+                filename_prefix="../../escape")
+    assert not t["model"].patches
