@@ -26,6 +26,7 @@ class DCScoreProbe(io.ComfyNode):
         return io.Schema(
             node_id="ContinualConcepts_DCScoreProbe", display_name="DC Score Probe", category=CATEGORY,
             description="Diffusion-classifier scores: the model's own denoising errors under each candidate prompt.",
+            is_output_node=True,
             inputs=[
                 io.Model.Input("model", tooltip="Model to probe (e.g. after training)."),
                 io.Clip.Input("clip", tooltip="Its text encoder."),
@@ -49,4 +50,5 @@ class DCScoreProbe(io.ComfyNode):
         pred = [cands[i] for i in r.predicted.tolist()]
         data = {"candidates": cands, "probs": r.probs.tolist(), "errors": r.errors.tolist(), "predicted": pred,
                 "timesteps": r.timesteps.tolist()}
-        return io.NodeOutput(json.dumps(data), image(dc_chart(r.probs, cands)), "\n".join(pred))
+        js = json.dumps(data)
+        return io.NodeOutput(js, image(dc_chart(r.probs, cands)), "\n".join(pred), ui={"text": [js]})

@@ -1,0 +1,143 @@
+"""Headless ComfyUI on 127.0.0.1 with only this pack: queue every API workflow through our queue client."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import COMFYUI
+
+PACK = Path(__file__).resolve().parents[2]
+SMALL = {  # keep CPU time small: the graphs are the shipped ones, only sizes and step counts shrink
+    "ContinualConcepts_SelectConceptNeurons": {"calibration_prompts": 2, "budget_pct": 0.5},
+    "ContinualConcepts_ContinualTrainStep": {"steps": 2},
+    "ContinualConcepts_DCScoreProbe": {"timesteps": 2},
+    "KSampler": {"steps": 2},
+    "EmptyLatentImage": {"width": 64, "height": 64},
+}
+
+
+def small(wf):
+    wf = json.loads(json.dumps(wf))
+    for node in wf.values():
+        node["inputs"].update(SMALL.get(node["class_type"], {}))
+    return wf
+
+
+@pytest.fixture(scope="module")
+def server(slim_ckpt, tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "continual_concepts").symlink_to(PACK)
+    (base / "models" / "checkpoints").mkdir(parents=True)
+    shutil.copy(slim_ckpt, base / "models" / "checkpoints" / "slim_sd15.safetensors")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--base-directory", str(base), "--disable-all-custom-nodes", "--whitelist-custom-nodes",
+                             "continual_concepts", "--disable-api-nodes"], cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url + "/system_stats", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError((base / "server.log").read_text()[-3000:])
+                time.sleep(1)
+        yield url, base
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+        print(f"\n--- server log summary ---\n" + "\n".join(
+            l for l in (base / "server.log").read_text().splitlines() if "Prompt executed" in l or "Error" in l))
+
+
+def queue(url, wf, tmp_path, name):
+    from continual_concepts.core.queue_client import main
+
+    p = tmp_path / f"{name}.json"
+    p.write_text(json.dumps(wf))
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "continual_concepts", "queue", str(p), "--server", url, "--timeout", "900"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    print(f"{name}: {time.time() - t0:.1f} s")
+    del main
+    return json.loads(out.stdout.strip().splitlines()[-1])["outputs"]
+
+
+def test_every_node_type_is_registered(server):
+    url, _ = server
+    info = json.load(urllib.request.urlopen(url + "/object_info"))
+    for wf in (PACK / "workflows").glob("*.json"):
+        data = json.loads(wf.read_text())
+        types = {n["type"] for n in data["nodes"]} if "nodes" in data else {n["class_type"] for n in data.values()}
+        assert types <= set(info), f"{wf.name}: missing {types - set(info)}"
+
+
+@pytest.mark.parametrize("name", ["probe_only", "one_concept", "three_concepts_chained"])
+def test_api_workflow_runs(server, name, slim_ckpt, tmp_path):
+    from safetensors.torch import load_file
+
+    url, base = server
+    wf = small(json.loads((PACK / "workflows" / f"{name}.api.json").read_text()))
+    outputs = queue(url, wf, tmp_path, name)
+    probes = [o["text"][0] for k, o in outputs.items() if wf[k]["class_type"] == "ContinualConcepts_DCScoreProbe"]
+    assert probes and all(abs(sum(p) - 1) < 1e-4 for js in probes for p in json.loads(js)["probs"])
+    merges = [o["text"][0] for k, o in outputs.items() if wf[k]["class_type"] == "ContinualConcepts_MergeIntoCheckpoint"]
+    if name == "probe_only":
+        return
+    ck = Path(merges[0])
+    assert ck.is_file() and str(ck).startswith(str(base / "output" / "checkpoints"))
+    merged, ref = load_file(ck), load_file(slim_ckpt)
+    changed_rows = 0
+    for k, v in ref.items():
+        if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")):
+            changed_rows += int((merged[k] != v).any(1).sum())
+        elif k.startswith("model.diffusion_model."):
+            assert torch.equal(merged[k], v), f"{k} changed outside the K/V rows"
+    mem = ck.with_name(ck.stem + ".memory.safetensors")
+    from continual_concepts.core.memory import ContinualMemory
+
+    concepts = ContinualMemory.load(mem).concepts
+    selected = sum(c.n_rows for c in concepts)
+    print(f"{name}: {len(concepts)} concept(s), {changed_rows} K/V rows changed of {selected} selected")
+    assert 0 < changed_rows <= selected
+    import comfy.sd
+
+    m, c, v, _ = comfy.sd.load_checkpoint_guess_config(str(ck))
+    assert type(m.model.model_config).__name__ == "SD15" and c is not None and v is not None
+
+
+def test_training_branch_leaves_plain_branch_unchanged(server, tmp_path):
+    """One graph feeds the base model to training and to a plain sampler: the plain image equals a plain-only run."""
+    url, base = server
+    wf = small(json.loads((PACK / "workflows" / "one_concept.api.json").read_text()))
+    plain = {"81": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo of a cat"}},
+             "82": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["81", 0], "negative": ["81", 0],
+                    "latent_image": ["93", 0], "seed": 5, "steps": 2, "cfg": 1.0, "sampler_name": "euler",
+                    "scheduler": "normal", "denoise": 1.0}},
+             "83": {"class_type": "VAEDecode", "inputs": {"samples": ["82", 0], "vae": ["1", 2]}},
+             "84": {"class_type": "SaveImage", "inputs": {"images": ["83", 0], "filename_prefix": "plain"}}}
+    alone = {"1": wf["1"], "93": wf["93"], **plain}
+    a = queue(url, alone, tmp_path, "plain_alone")["84"]["images"][0]
+    b = queue(url, {**wf, **plain, "82": {**plain["82"], "inputs": {**plain["82"]["inputs"], "seed": 5}}},
+              tmp_path, "plain_with_training")["84"]["images"][0]
+    from PIL import Image
+    import numpy as np
+
+    ia = np.asarray(Image.open(base / "output" / a["subfolder"] / a["filename"]))
+    ib = np.asarray(Image.open(base / "output" / b["subfolder"] / b["filename"]))
+    assert np.array_equal(ia, ib)
