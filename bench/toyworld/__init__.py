@@ -6,19 +6,20 @@ from pathlib import Path
 MODEL_DIR = Path(__file__).with_name("model")
 
 
-def load_components(dtype=None) -> dict:
+def load_components(dtype=None, folder=None) -> dict:
     """The shipped diffusers-format model, loaded offline from MODEL_DIR (weights stored fp16, run fp32)."""
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
     dtype = dtype or torch.float32
-    if not (MODEL_DIR / "unet").is_dir():
-        raise FileNotFoundError(f"toy-world model not found in {MODEL_DIR}")
+    d = Path(folder or MODEL_DIR)
+    if not (d / "unet").is_dir():
+        raise FileNotFoundError(f"toy-world model not found in {d}")
     return {
-        "unet": UNet2DConditionModel.from_pretrained(MODEL_DIR / "unet", torch_dtype=dtype),
-        "text_encoder": CLIPTextModel.from_pretrained(MODEL_DIR / "text_encoder", torch_dtype=dtype),
-        "tokenizer": PreTrainedTokenizerFast.from_pretrained(MODEL_DIR / "tokenizer"),
-        "scheduler": DDPMScheduler.from_pretrained(MODEL_DIR / "scheduler"),
-        "vae": AutoencoderKL.from_pretrained(MODEL_DIR / "vae", torch_dtype=dtype),
+        "unet": UNet2DConditionModel.from_pretrained(d / "unet", torch_dtype=dtype),
+        "text_encoder": CLIPTextModel.from_pretrained(d / "text_encoder", torch_dtype=dtype),
+        "tokenizer": PreTrainedTokenizerFast.from_pretrained(d / "tokenizer"),
+        "scheduler": DDPMScheduler.from_pretrained(d / "scheduler"),
+        "vae": AutoencoderKL.from_pretrained(d / "vae", torch_dtype=dtype),
     }

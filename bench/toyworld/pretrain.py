@@ -148,6 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=0)
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--work", default="out/toy_pretrain")
+    ap.add_argument("--dest", default=str(MODEL_DIR), help="export: the diffusers folder to write")
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
     elif a.stage == "unet":
         train_unet(work, a.steps, a.save_every, log)
     else:
-        export(work, log)
+        export(work, log, Path(a.dest))
     return 0
 
 

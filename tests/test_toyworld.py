@@ -1,0 +1,51 @@
+"""Toy world: deterministic data, disjoint held-out captions, the oracle, the shipped model folder."""
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from continual_concepts.bench.toyworld import MODEL_DIR, load_components
+from continual_concepts.bench.toyworld.oracle import accuracy, classify, load_oracle
+from continual_concepts.bench.toyworld.world import (
+    CLASSES, CONCEPTS, TRIGGERS, VOCAB, all_combos, caption, concept_images, heldout_combos, pretrain_batch, render,
+    train_combos,
+)
+
+
+def test_renders_are_deterministic_and_sized():
+    a = render("circle", "red", "gray", random.Random(3))
+    b = render("circle", "red", "gray", random.Random(3))
+    c = render("circle", "red", "gray", random.Random(4))
+    assert a.shape == (32, 32, 3) and np.array_equal(a, b) and not np.array_equal(a, c)
+    assert np.array_equal(concept_images(CONCEPTS[0], 4), concept_images(CONCEPTS[0], 4))
+
+
+def test_heldout_captions_never_in_pretraining_and_triggers_unused():
+    held, train = set(heldout_combos()), set(train_combos())
+    assert held and not held & train and held | train == set(all_combos())
+    _, caps = pretrain_batch(500, random.Random(0))
+    assert not {caption(*h) for h in held} & set(caps)
+    assert not any(t in c.split() for c in caps for t in TRIGGERS)
+    assert len(CONCEPTS) >= 8 and all(t in VOCAB for t in TRIGGERS)
+
+
+def test_oracle_reads_fresh_renders():
+    acc = accuracy(load_oracle(), n=200, seed="test-renders")
+    assert acc["shape"] >= 0.98 and acc["colour"] >= 0.98 and acc["background"] >= 0.98
+    imgs = torch.tensor(np.stack([render(k, "blue" if k in CLASSES[:6] else None, "white", random.Random(i))
+                                  for i, k in enumerate(CLASSES)]), dtype=torch.float32) / 255
+    assert sum(p == k for p, k in zip(classify(load_oracle(), imgs)["shape"], CLASSES)) >= len(CLASSES) - 1
+
+
+@pytest.mark.skipif(not (MODEL_DIR / "unet").is_dir(), reason="toy model not exported yet")
+def test_shipped_model_loads_and_is_small():
+    from continual_concepts.core.backends.diffusers_backend import DiffusersBackend
+    from continual_concepts.core.sampling import sample
+
+    b = DiffusersBackend(**load_components())
+    img = sample(b, ["a red circle on a gray background"], steps=3)
+    assert img.shape == (1, 32, 32, 3)
+    size = sum(p.stat().st_size for p in MODEL_DIR.rglob("*") if p.is_file())
+    size += (MODEL_DIR.parent / "oracle.safetensors").stat().st_size
+    assert size <= 20 * 2**20
