@@ -26,7 +26,7 @@ from .evaluate import ToyWorld
 # The toy UNet has 4.2 M parameters; SD1.5's 0.13 % would be 85 K/V rows of 64 (6 % of its 1,408 rows).
 # In first runs that was too little to learn a concept here, so the toy budget is 0.5 % (330 rows, 23 %).
 SELECT = SelectConfig(budget_pct=0.5, rho_base=0.3, n_calibration=20, n_draws=2, batch_size=6)
-TRAIN = TrainConfig(steps=300, lr=2e-2, token_lr=2e-2, batch_size=6)
+TRAIN = TrainConfig(steps=300, lr=2e-2, token_lr=2e-3, batch_size=6)
 NAIVE_LR = 2e-3  # every K/V weight moves: a smaller step, as full fine-tuning would use
 
 

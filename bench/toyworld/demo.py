@@ -1,7 +1,6 @@
 """`make demo` on the toy world: 3 concepts with the default method, measured by the oracle."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -24,5 +23,3 @@ def run_demo(out: Path) -> dict:
             "dc_probe_avg_acc": r["dc_probe_avg_acc"], "seconds": r["seconds_per_concept"] * len(world.concepts)}
 
 
-if __name__ == "__main__":
-    print(json.dumps(run_demo(Path("out/toy-demo"))))
