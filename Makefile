@@ -30,6 +30,8 @@ test-host:
 	COMFYUI_PATH=$(COMFYUI_PATH) $(COMFY_PY) -m pytest -q tests/host
 
 bench: install
+	# (d) runs our merge node inside ComfyUI's python: make this checkout importable there when it exists
+	@if [ -x "$(COMFY_PY)" ]; then $(COMFY_PY) -m pip install -q --no-deps -e .; fi
 	$(VPY) -m continual_concepts.bench.speed
 
 bench-toy: install

@@ -22,9 +22,11 @@ def _backend(quick: bool):
     from ..core.backends.diffusers_backend import DiffusersBackend
 
     try:
+        if quick:
+            raise RuntimeError("--quick: a smaller model built in code")
         from .toyworld import load_components
 
-        return DiffusersBackend(**load_components()), "toy-world model"
+        return DiffusersBackend(**load_components()), "toy-world model (bench/toyworld/model)"
     except Exception:  # the toy world is optional here: fall back to a model built in code
         from ..core.tiny_model import TinyModelSpec, build_tiny_components
 
@@ -52,25 +54,49 @@ def _step_times(backend, x0, rows, cfg, memory=None, dense_weights=False):
     return [b - a for a, b in zip(stamps, stamps[1:])], res
 
 
+def cns_sized_rows(backend, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Rows drawn at random over all K/V rows, as many as CNS's default budget allows (SelectConfig.budget_pct
+    of UNet parameters: 0.13 %, i.e. 1,450 of SD1.5's 24,960 K/V rows = 5.8 %)."""
+    from ..core.neurons import SelectConfig
+    from ..core.row_delta import kv_in_dim
+
+    layers = backend.kv_layers()
+    n = max(1, round(SelectConfig().budget_pct / 100 * backend.unet_param_count() / kv_in_dim(backend)))
+    sizes = [l.weight.shape[0] for l in layers]
+    pick = torch.randperm(sum(sizes), generator=torch.Generator().manual_seed(seed))[:n]
+    out, start = {}, 0
+    for l, m in zip(layers, sizes):
+        r = pick[(pick >= start) & (pick < start + m)] - start
+        if len(r):
+            out[l.name] = torch.sort(r).values
+        start += m
+    return out
+
+
 def bench_train(backend, x0, repeats, steps):
-    """(a) sparse rows (a CNS-sized selection: 5.8 % of K/V rows, SD1.5's 0.13 % budget) vs dense K/V."""
+    """(a) sparse rows (a CNS-sized selection) vs dense K/V (RowDeltas over all_rows through the weight-function
+    path: W + D on every K/V weight, full [out, in] weight gradients, AdamW on all of them = Custom Diffusion's
+    trainable set). Also a floor: one row per layer, i.e. what the step costs with (almost) nothing trained."""
     from ..core.row_delta import all_rows
     from ..core.train import TrainConfig
 
-    g = torch.Generator().manual_seed(0)
     dense = all_rows(backend)
-    sparse = {n: torch.sort(r[torch.randperm(len(r), generator=g)[: max(1, round(0.058 * len(r)))]]).values
-              for n, r in dense.items()}
+    sparse = cns_sized_rows(backend)
+    floor = {n: r[:1] for n, r in dense.items()}
     cfg = TrainConfig(steps=steps, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, train_token=True)
     _step_times(backend, x0, sparse, TrainConfig(steps=2))  # warm-up
-    ts, td, rs, rd = [], [], None, None
-    for _ in range(repeats):
+    _step_times(backend, x0, dense, TrainConfig(steps=2), dense_weights=True)
+    ts, td, tf, rs, rd = [], [], [], None, None
+    for _ in range(repeats):  # interleaved, so load from other processes hits both sides alike
         t, rs = _step_times(backend, x0, sparse, cfg)
         ts += t
         t, rd = _step_times(backend, x0, dense, cfg, dense_weights=True)
         td += t
-    return {"sparse_step_s": statistics.median(ts), "dense_step_s": statistics.median(td),
-            "time_ratio": statistics.median(ts) / statistics.median(td),
+        t, _ = _step_times(backend, x0, floor, cfg)
+        tf += t
+    ms, md, mf = statistics.median(ts), statistics.median(td), statistics.median(tf)
+    return {"sparse_step_s": ms, "dense_step_s": md, "floor_step_s": mf, "time_ratio": ms / md,
+            "floor_ratio": mf / md, "dense_baseline": "RowDeltas over all_rows, weight-function path (W + D)",
             "sparse_rows": sum(len(r) for r in sparse.values()), "dense_rows": sum(len(r) for r in dense.values()),
             "optimizer_state_ratio": rs.optimizer_state_bytes / rd.optimizer_state_bytes,
             "sparse_optimizer_bytes": rs.optimizer_state_bytes, "dense_optimizer_bytes": rd.optimizer_state_bytes}
@@ -123,13 +149,12 @@ def bench_regularised(backend, x0, repeats, steps):
     mem = ContinualMemory.for_model(backend, "a photo")
     learn_concept(backend, mem, images, "first", "zwx", "a zwx", SelectConfig(n_calibration=2, n_draws=1, budget_pct=1),
                   TrainConfig(steps=2, fisher_draws=1), ["a red circle", "a blue square", "a cat"])
-    rows = {n: r[: max(1, len(r) // 10)] for n, r in mem.concepts[0].rows.items()}
-    rows = {l.name: torch.arange(0, l.weight.shape[0], 17) for l in backend.kv_layers()}
+    rows = cns_sized_rows(backend, seed=1)
     plain = TrainConfig(steps=steps, lam_ewc=0, lam_dsc=0)
     reg = TrainConfig(steps=steps)  # defaults: lam_ewc, lam_dsc > 0, dc_every 5
     tp, tr = [], []
     _step_times(backend, x0, rows, TrainConfig(steps=2), mem)
-    for _ in range(repeats):
+    for _ in range(repeats):  # mean per step (DSC runs every dc_every steps), median over repeats
         t, _ = _step_times(backend, x0, rows, plain, mem)
         tp.append(sum(t) / len(t))
         t, _ = _step_times(backend, x0, rows, reg, mem)
@@ -138,44 +163,84 @@ def bench_regularised(backend, x0, repeats, steps):
             "time_ratio": statistics.median(tr) / statistics.median(tp), "dc_every": reg.dc_every}
 
 
-def bench_merge_vs_checkpointsave(quick: bool) -> dict:
-    """(d) runs with ComfyUI's own python (subprocess per side: peak RSS is per process)."""
+def bench_merge_vs_checkpointsave(quick: bool, workdir: str | None = None) -> dict:
+    """(d) with ComfyUI's own python: one prep process (slim SD1.5 checkpoint + a one-concept memory), then one
+    process per side and round (peak RSS is per process), sides alternating; medians over rounds."""
+    import tempfile
+
     root = Path(os.environ.get("COMFYUI_PATH", "/opt/ComfyUI"))
     py = root / ".venv" / "bin" / "python"
     script = Path(__file__).with_name("comfy_merge_bench.py")
     if not (root / "main.py").is_file() or not py.is_file():
-        return {"skipped": f"no ComfyUI checkout with a .venv at {root}"}
-    if not script.is_file():
-        return {"skipped": "bench/comfy_merge_bench.py not present"}
-    r = subprocess.run([str(py), str(script), *(["--quick"] if quick else [])], capture_output=True, text=True)
-    if r.returncode != 0:
-        return {"skipped": f"comfy merge bench failed: {r.stderr.strip().splitlines()[-1:] }"}
-    return json.loads(r.stdout.strip().splitlines()[-1])
+        return {"skipped": f"no ComfyUI checkout with a .venv at {root} (set COMFYUI_PATH)"}
+    if not (Path(__file__).parents[1] / "nodes" / "merge_node.py").is_file():
+        return {"skipped": "nodes/merge_node.py (Merge into Checkpoint) not present"}
+    rounds, repeats = (1, 1) if quick else (2, 3)
+
+    def call(*args):
+        r = subprocess.run([str(py), str(script), *args], capture_output=True, text=True, cwd=str(root))
+        if r.returncode != 0:
+            raise RuntimeError((r.stderr.strip().splitlines() or ["?"])[-1])
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    with tempfile.TemporaryDirectory(dir=workdir) as d:
+        try:
+            info = call("prep", "--dir", d)
+            runs = {"ours": [], "comfy": []}
+            for _ in range(rounds):
+                for side in ("ours", "comfy"):
+                    runs[side].append(call(side, "--dir", d, "--repeats", str(repeats)))
+        except RuntimeError as e:
+            return {"skipped": f"comfy merge bench failed: {e}"}
+    med = lambda side, k: statistics.median(r[k] for r in runs[side])  # noqa: E731
+    out = {"model": f"slim SD1.5-shaped checkpoint ({info['unet_params'] / 1e6:.1f} M UNet params, full CLIP-L "
+                    f"and VAE, {info['checkpoint_mb']:.0f} MiB fp16), one concept of {info['rows']} rows"}
+    for k in ("save_s", "peak_rss_mb", "save_phase_extra_rss_mb", "written_mb"):
+        out[f"ours_{k}"], out[f"comfy_{k}"] = med("ours", k), med("comfy", k)
+    out["time_ratio"] = out["ours_save_s"] / out["comfy_save_s"]
+    out["peak_rss_ratio"] = out["ours_peak_rss_mb"] / out["comfy_peak_rss_mb"]
+    out["save_phase_rss_ratio"] = out["ours_save_phase_extra_rss_mb"] / out["comfy_save_phase_extra_rss_mb"]
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="tiny sizes (for tests)")
+    ap.add_argument("--skip-merge", action="store_true", help="leave out (d) (it needs ComfyUI's python)")
     a = ap.parse_args(argv)
     torch.manual_seed(0)
+    t_start = time.perf_counter()
     backend, model = _backend(a.quick)
-    repeats, steps, n_img = (1, 4, 2) if a.quick else (3, 10, 4)
+    repeats, steps, n_img = (1, 3, 2) if a.quick else (3, 10, 4)
     x0 = backend.encode_images(torch.rand(n_img, *backend.decode(torch.zeros(1, *_x0_shape(backend))).shape[1:],
                                           generator=torch.Generator().manual_seed(0)))
-    out = {"model": model, "unet_params": backend.unet_param_count(), "torch": torch.__version__,
-           "threads": torch.get_num_threads()}
-    print(f"model: {model}", file=sys.stderr)
+    out = {"model": model, "unet_params": backend.unet_param_count(),
+           "kv_rows": sum(l.weight.shape[0] for l in backend.kv_layers()), "x0_shape": list(x0.shape),
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "repeats": repeats, "steps": steps,
+           "load_avg_start": os.getloadavg()[0]}
+    say = lambda *m: print(*m, flush=True)  # noqa: E731
+    say(f"model: {model}, x0 {tuple(x0.shape)}, {out['kv_rows']} K/V rows, load average {out['load_avg_start']:.2f}")
     out["a_sparse_vs_dense"] = r = bench_train(backend, x0, repeats, steps)
-    print(f"(a) sparse/dense step time {r['time_ratio']:.3f}x (target <= 0.9), optimizer state "
-          f"{100 * r['optimizer_state_ratio']:.2f} % (target <= 1 %)", file=sys.stderr)
+    say(f"(a) sparse ({r['sparse_rows']} rows) / dense K/V ({r['dense_rows']} rows) step time {r['time_ratio']:.3f}x "
+        f"({1e3 * r['sparse_step_s']:.1f} vs {1e3 * r['dense_step_s']:.1f} ms; floor {1e3 * r['floor_step_s']:.1f} ms) "
+        f"(target <= 0.9); optimizer state {100 * r['optimizer_state_ratio']:.2f} % (target <= 1 %)")
     out["b_dc_probe"] = r = bench_dc(backend, x0[: max(1, n_img // 2)], repeats, 4 if a.quick else 16)
-    print(f"(b) DC probe batched {r['speedup']:.2f}x faster than naive (target >= 3), max rel diff "
-          f"{r['max_rel_diff']:.2e} (target <= 1e-5)", file=sys.stderr)
+    say(f"(b) DC probe batched {r['speedup']:.2f}x faster than naive ({r['batched_s']:.3f} vs {r['naive_s']:.3f} s) "
+        f"(target >= 3), max rel diff {r['max_rel_diff']:.2e} (target <= 1e-5)")
     out["c_regularised_vs_plain"] = r = bench_regularised(backend, x0, repeats, steps)
-    print(f"(c) EWC-DC + DSC step / plain step {r['time_ratio']:.3f}x (target <= 1.3)", file=sys.stderr)
-    out["d_merge_vs_checkpointsave"] = r = bench_merge_vs_checkpointsave(a.quick)
-    print(f"(d) merge vs CheckpointSave: {r}", file=sys.stderr)
-    print(json.dumps(out))
+    say(f"(c) EWC-DC + DSC step / plain step {r['time_ratio']:.3f}x ({1e3 * r['regularised_step_s']:.1f} vs "
+        f"{1e3 * r['plain_step_s']:.1f} ms, dc_every {r['dc_every']}) (target <= 1.3)")
+    out["d_merge_vs_checkpointsave"] = r = (
+        {"skipped": "--skip-merge"} if a.skip_merge else bench_merge_vs_checkpointsave(a.quick))
+    if "skipped" in r:
+        say(f"(d) merge vs CheckpointSave: skipped: {r['skipped']}")
+    else:
+        say(f"(d) Merge into Checkpoint / CheckpointSave: time {r['time_ratio']:.3f}x ({r['ours_save_s']:.2f} vs "
+            f"{r['comfy_save_s']:.2f} s), process peak RSS {r['peak_rss_ratio']:.3f}x ({r['ours_peak_rss_mb']:.0f} vs "
+            f"{r['comfy_peak_rss_mb']:.0f} MiB), save-phase RSS {r['save_phase_rss_ratio']:.3f}x (target <= 1.2)")
+    out["load_avg_end"] = os.getloadavg()[0]
+    out["wall_s"] = time.perf_counter() - t_start
+    say(json.dumps(out))
     return 0
 
 

@@ -1,0 +1,180 @@
+"""(d) of `make bench`: our Merge into Checkpoint vs ComfyUI's own CheckpointSave, same model, same patches.
+
+Runs with ComfyUI's python (COMFYUI_PATH, default /opt/ComfyUI, its .venv); bench/speed.py calls it as
+
+    <comfy python> bench/comfy_merge_bench.py prep --dir D         # slim SD1.5 checkpoint + a one-concept memory
+    <comfy python> bench/comfy_merge_bench.py ours|comfy --dir D   # one side per process: load, patch, save
+
+Each side loads the same checkpoint, gives MODEL the same K/V row patches and CLIP the same trigger-token patch
+(a CNS-sized concept: 0.13 % of UNet parameters), then saves: ours = MergeIntoCheckpoint.execute (checkpoint +
+memory + LoRA + embedding), theirs = CheckpointSave.save (checkpoint only). Warm-up save, then `--repeats`
+timed saves, median. Peak RSS: resource.getrusage(RUSAGE_SELF).ru_maxrss of the side's process (load included,
+as the brief asks), and the save phase alone (VmHWM reset through /proc/self/clear_refs before each save).
+Last stdout line: one JSON object."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+COMFYUI = Path(os.environ.get("COMFYUI_PATH", "/opt/ComfyUI"))
+
+
+def _comfy():
+    sys.path.insert(0, str(COMFYUI))
+    sys.argv = sys.argv[:1] + ["--cpu"]
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+
+
+def build_checkpoint(path: str, seed: int = 0) -> str:
+    """SD1.5-shaped, slim UNet (model_channels 320, one level, one res block, depth 1, context 768) from ComfyUI's
+    own classes, full CLIP-L, full SD VAE, random weights, fp16 (ComfyUI detects it as SD15)."""
+    import comfy.ops
+    import comfy.sd1_clip
+    import torch
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    ops = comfy.ops.disable_weight_init
+    unet = UNetModel(image_size=32, in_channels=4, model_channels=320, out_channels=4, num_res_blocks=[1],
+                     channel_mult=[1], num_heads=8, use_spatial_transformer=True, transformer_depth=[1],
+                     transformer_depth_output=[1, 1], transformer_depth_middle=1, context_dim=768,
+                     use_linear_in_transformer=False, operations=ops)
+    clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
+    dd = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+          "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+    vae = AutoencoderKL(ddconfig=dd, embed_dim=4)
+    sd = {}
+    with torch.no_grad():
+        for prefix, m in (("model.diffusion_model.", unet), ("cond_stage_model.transformer.", clip.transformer),
+                          ("first_stage_model.", vae)):
+            for mod in m.modules():
+                for name, p in list(mod.named_parameters(recurse=False)):
+                    if "norm" in type(mod).__name__.lower() or isinstance(mod, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
+                        p.fill_(1.0 if name == "weight" else 0.0)
+                    elif name == "bias" or p.dim() < 2:
+                        p.zero_()
+                    else:
+                        p.normal_(0, 0.02)
+            sd.update({prefix + k: (v.half() if v.is_floating_point() else v).contiguous()
+                       for k, v in m.state_dict().items()})
+    save_file(sd, path)
+    return path
+
+
+def prep(d: Path) -> dict:
+    """Checkpoint + a memory holding one concept whose rows/deltas/token are random but CNS-sized."""
+    import comfy.sd
+    import torch
+
+    from continual_concepts.core.backends.comfy_backend import ComfyBackend
+    from continual_concepts.core.memory import ConceptRecord, ContinualMemory
+
+    ckpt = build_checkpoint(str(d / "slim_sd15.safetensors"))
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(ckpt)
+    b = ComfyBackend(model, clip, vae)
+    layers = b.kv_layers()
+    in_dim = layers[0].weight.shape[1]
+    budget = max(len(layers), round(0.0013 * b.unet_param_count() / in_dim))
+    g = torch.Generator().manual_seed(0)
+    per = max(1, budget // len(layers))
+    rows = {l.name: torch.sort(torch.randperm(l.weight.shape[0], generator=g)[:per]).values for l in layers}
+    delta = {n: 1e-3 * torch.randn(len(r), in_dim, generator=g) for n, r in rows.items()}
+    mem = ContinualMemory.for_model(b, "a photo")
+    rec = ConceptRecord("bench", "sks", "a photo of sks", rows, delta, token=b.token_row("sks").float() + 0.01)
+    mem.record_pretrained(b, rec.rows)
+    mem.add_concept(rec)
+    mem.save(d / "memory.safetensors")
+    return {"checkpoint_mb": os.path.getsize(ckpt) / 2**20, "rows": sum(len(r) for r in rows.values()),
+            "unet_params": b.unet_param_count()}
+
+
+def _vm(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # MiB
+    return float("nan")
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def side(which: str, d: Path, repeats: int) -> dict:
+    import comfy.sd
+    import folder_paths
+    import torch
+
+    from continual_concepts.core.backends.comfy_backend import ComfyBackend
+    from continual_concepts.core.memory import ContinualMemory
+    from continual_concepts.nodes.common import patched_clip, patched_model
+
+    out_dir = d / f"out_{which}"
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(d / "slim_sd15.safetensors"))
+    mem = ContinualMemory.load(d / "memory.safetensors")
+    rec = mem.concepts[0]
+    with torch.inference_mode(False):
+        m2 = patched_model(model, {n: (r, rec.delta[n]) for n, r in rec.rows.items()})
+        c2 = patched_clip(clip, ComfyBackend(model, clip, vae), rec.trigger, rec.token)
+    if which == "ours":
+        from continual_concepts.nodes.merge_node import MergeIntoCheckpoint
+
+        def save(i):
+            with torch.inference_mode():
+                MergeIntoCheckpoint.execute(m2, c2, vae, mem, f"bench/ours_{i}")
+    else:
+        from comfy_extras.nodes_model_merging import CheckpointSave
+
+        def save(i):
+            with torch.inference_mode():  # a fresh node per save: it reads the output folder in __init__
+                CheckpointSave().save(m2, c2, vae, f"checkpoints/bench/comfy_{i}")
+    times, extra = [], []
+    for i in range(repeats + 1):  # the first save is the warm-up
+        shutil.rmtree(out_dir, ignore_errors=True)
+        folder_paths.set_output_directory(str(out_dir))
+        before = _vm("VmRSS")
+        reset = _reset_peak()
+        t0 = time.perf_counter()
+        save(i)
+        dt = time.perf_counter() - t0
+        if i:
+            times.append(dt)
+            if reset:
+                extra.append(_vm("VmHWM") - before)
+    written = sum(f.stat().st_size for f in out_dir.rglob("*") if f.is_file()) / 2**20
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {"side": which, "save_s": statistics.median(times), "save_times_s": times,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "save_phase_extra_rss_mb": statistics.median(extra) if extra else None, "written_mb": written}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["prep", "ours", "comfy"])
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args(argv)
+    _comfy()
+    d = Path(a.dir)
+    d.mkdir(parents=True, exist_ok=True)
+    r = prep(d) if a.what == "prep" else side(a.what, d, a.repeats)
+    print(json.dumps(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
