@@ -17,14 +17,14 @@ from torch import nn
 
 from ..core.continual import learn_concept, merge_result
 from ..core.memory import ConceptRecord
-from ..core.row_delta import all_rows
+from ..core.row_delta import Switchable, all_rows
 from ..core.train import TrainConfig, train_concept
 
 METHODS = ("naive", "clora", "cns", "cns+ewc", "cns+ewc+dsc")
 DEFAULT_METHOD = "cns+ewc+dsc"
 
 
-class CLoRA(nn.Module):
+class CLoRA(Switchable, nn.Module):
     """One LoRA per K/V layer; penalty = lam * sum || |anchor| ⊙ (B A) ||_F^2, anchor = sum of past B A."""
 
     def __init__(self, backend, anchors: dict[str, torch.Tensor], rank: int, lam: float, seed: int):
@@ -35,7 +35,7 @@ class CLoRA(nn.Module):
         self.A = nn.ParameterList([nn.Parameter(torch.randn(rank, shapes[n][1], generator=g) / shapes[n][1] ** 0.5)
                                    for n in self.names])
         self.B = nn.ParameterList([nn.Parameter(torch.zeros(shapes[n][0], rank)) for n in self.names])
-        self.anchors, self.lam, self.enabled = anchors, lam, True
+        self.anchors, self.lam = anchors, lam
 
     def product(self, i):
         return self.B[i] @ self.A[i]
@@ -49,14 +49,6 @@ class CLoRA(nn.Module):
         finally:
             for n in self.names:
                 backend.set_weight_fn(n, None)
-
-    @contextmanager
-    def disabled(self):
-        prev, self.enabled = self.enabled, False
-        try:
-            yield
-        finally:
-            self.enabled = prev
 
     def penalty(self):
         if not self.anchors or self.lam == 0:

@@ -13,7 +13,22 @@ from torch import nn
 from .backends.base import Backend
 
 
-class RowDeltas(nn.Module):
+class Switchable:
+    """An adapter that can be switched off for a block: the model as it was before this concept (the frozen
+    teacher for DSC and the DC Fisher) without keeping a second copy."""
+
+    enabled = True
+
+    @contextmanager
+    def disabled(self):
+        prev, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = prev
+
+
+class RowDeltas(Switchable, nn.Module):
     def __init__(self, rows: dict[str, torch.Tensor], in_dim: int, device=None, dtype=torch.float32):
         super().__init__()
         self.names = [n for n in rows if len(rows[n])]
@@ -21,7 +36,6 @@ class RowDeltas(nn.Module):
         sizes = [len(self.rows[n]) for n in self.names]
         self.offsets = dict(zip(self.names, torch.tensor([0] + sizes).cumsum(0).tolist()))
         self.delta = nn.Parameter(torch.zeros(sum(sizes), in_dim, device=device, dtype=dtype))
-        self.enabled = True
 
     def __len__(self):
         return self.delta.shape[0]
@@ -43,15 +57,6 @@ class RowDeltas(nn.Module):
         finally:
             for n in self.names:
                 backend.clear_row_delta(n)
-
-    @contextmanager
-    def disabled(self):
-        """Compute as the model was before this concept (the frozen teacher) without a second copy."""
-        prev, self.enabled = self.enabled, False
-        try:
-            yield
-        finally:
-            self.enabled = prev
 
     def as_dict(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {n: (self.rows[n].cpu(), self.layer_delta(n).detach().float().cpu()) for n in self.names}
