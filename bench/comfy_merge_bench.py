@@ -23,53 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-COMFYUI = Path(os.environ.get("COMFYUI_PATH", "/opt/ComfyUI"))
-
-
-def _comfy():
-    sys.path.insert(0, str(COMFYUI))
-    sys.argv = sys.argv[:1] + ["--cpu"]
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = True
-
-
-def build_checkpoint(path: str, seed: int = 0) -> str:
-    """SD1.5-shaped, slim UNet (model_channels 320, one level, one res block, depth 1, context 768) from ComfyUI's
-    own classes, full CLIP-L, full SD VAE, random weights, fp16 (ComfyUI detects it as SD15)."""
-    import comfy.ops
-    import comfy.sd1_clip
-    import torch
-    from comfy.ldm.models.autoencoder import AutoencoderKL
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    ops = comfy.ops.disable_weight_init
-    unet = UNetModel(image_size=32, in_channels=4, model_channels=320, out_channels=4, num_res_blocks=[1],
-                     channel_mult=[1], num_heads=8, use_spatial_transformer=True, transformer_depth=[1],
-                     transformer_depth_output=[1, 1], transformer_depth_middle=1, context_dim=768,
-                     use_linear_in_transformer=False, operations=ops)
-    clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
-    dd = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
-          "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
-    vae = AutoencoderKL(ddconfig=dd, embed_dim=4)
-    sd = {}
-    with torch.no_grad():
-        for prefix, m in (("model.diffusion_model.", unet), ("cond_stage_model.transformer.", clip.transformer),
-                          ("first_stage_model.", vae)):
-            for mod in m.modules():
-                for name, p in list(mod.named_parameters(recurse=False)):
-                    if "norm" in type(mod).__name__.lower() or isinstance(mod, (torch.nn.LayerNorm, torch.nn.GroupNorm)):
-                        p.fill_(1.0 if name == "weight" else 0.0)
-                    elif name == "bias" or p.dim() < 2:
-                        p.zero_()
-                    else:
-                        p.normal_(0, 0.02)
-            sd.update({prefix + k: (v.half() if v.is_floating_point() else v).contiguous()
-                       for k, v in m.state_dict().items()})
-    save_file(sd, path)
-    return path
+from continual_concepts.bench.comfy_sd15_checkpoint import build_checkpoint, use_comfyui
 
 
 def prep(d: Path) -> dict:
@@ -168,7 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dir", required=True)
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args(argv)
-    _comfy()
+    use_comfyui(cpu=True)
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)
     r = prep(d) if a.what == "prep" else side(a.what, d, a.repeats)

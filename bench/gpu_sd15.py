@@ -5,11 +5,14 @@
 
 Measures: train it/s of our step (CNS-sized selection, EWC-DC + DSC at the default schedule), peak memory,
 DC probe seconds per image (5 candidates × 16 timesteps), selection time, selection + 500 steps (estimated
-from the measured step rate). Appends a dated line to bench/RESULTS.md with --record."""
+from the measured step rate); and, when a ComfyUI checkout is present, the same in ComfyUI through our nodes next
+to ComfyUI's TrainLoraNode rank 8 (bench/comfy_train_bench.py). Appends a dated line to bench/RESULTS.md with --record."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from datetime import date
@@ -95,8 +98,21 @@ def run(small: bool, device: str, steps: int) -> dict:
         "train_it_s": it_s, "peak_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "probe_s_per_image": probe_s, "select_s": select_s,
         "select_plus_500_steps_s": select_s + 500 / it_s,
-        "trainloranode_it_s": None,  # measured in ComfyUI by bench/comfy_* when a checkout is present
     }
+
+
+def comfyui_side(small: bool, cpu: bool, steps: int) -> dict:
+    """Our Select + Train nodes vs ComfyUI's TrainLoraNode (rank 8) on one SD1.5 model, in ComfyUI's own python
+    (bench/comfy_train_bench.py); skipped with the reason when no ComfyUI checkout with a .venv is present."""
+    root = Path(os.environ.get("COMFYUI_PATH", "/opt/ComfyUI"))
+    py = root / ".venv" / "bin" / "python"
+    if not (root / "main.py").is_file() or not py.is_file():
+        return {"skipped": f"no ComfyUI checkout with a .venv at {root} (set COMFYUI_PATH)"}
+    cmd = [str(py), "-m", "continual_concepts.bench.comfy_train_bench", "--steps", str(steps)]
+    r = subprocess.run(cmd + ["--small"] * small + ["--cpu"] * cpu, capture_output=True, text=True, cwd=str(root))
+    if r.returncode != 0:
+        return {"skipped": "comfy_train_bench failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
@@ -104,12 +120,15 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--no-comfyui", action="store_true", help="skip the TrainLoraNode comparison in ComfyUI")
     ap.add_argument("--record", action="store_true", help="append the result to bench/RESULTS.md")
     a = ap.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device; use --device cpu --small to check the script", file=sys.stderr)
         return 2
     r = run(a.small, a.device, a.steps)
+    if not a.no_comfyui:
+        r["comfyui"] = comfyui_side(a.small, a.device == "cpu", a.steps)
     if a.record:
         with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
             f.write(f"\n- GPU bench {r['date']} on {r['device']}: {json.dumps(r)}\n")

@@ -15,7 +15,7 @@ def test_speed_bench_quick_reports_all_ratios(capsys):
 
 
 def test_gpu_script_runs_small_on_cpu(capsys):
-    assert gpu_sd15.main(["--device", "cpu", "--small", "--steps", "3"]) == 0
+    assert gpu_sd15.main(["--device", "cpu", "--small", "--steps", "3", "--no-comfyui"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for k in ("train_it_s", "probe_s_per_image", "select_s", "select_plus_500_steps_s", "selected_rows"):
         assert r[k] > 0, k

@@ -21,7 +21,6 @@ def pytest_collection_modifyitems(config, items):
 
 if HAVE_COMFY:
     sys.path.insert(0, str(COMFYUI))
-    sys.path.insert(0, str(Path(__file__).parent))
     sys.argv = sys.argv[:1] + ["--cpu"] if "comfy" not in sys.modules else sys.argv
     import comfy.cli_args  # noqa: E402
 
@@ -30,7 +29,7 @@ if HAVE_COMFY:
 
 @pytest.fixture(scope="session")
 def slim_ckpt(tmp_path_factory):
-    from slim_sd15 import build_checkpoint
+    from continual_concepts.bench.comfy_sd15_checkpoint import build_checkpoint
 
     return build_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "slim_sd15.safetensors"))
 
