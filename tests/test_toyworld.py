@@ -9,7 +9,7 @@ from continual_concepts.bench.toyworld import MODEL_DIR, load_components
 from continual_concepts.bench.toyworld.oracle import accuracy, classify, load_oracle
 from continual_concepts.bench.toyworld.world import (
     CLASSES, CONCEPTS, TRIGGERS, VOCAB, all_combos, caption, concept_images, heldout_combos, pretrain_batch, render,
-    train_combos,
+    render_scene, train_combos,
 )
 
 
@@ -28,6 +28,17 @@ def test_heldout_captions_never_in_pretraining_and_triggers_unused():
     assert not {caption(*h) for h in held} & set(caps)
     assert not any(t in c.split() for c in caps for t in TRIGGERS)
     assert len(CONCEPTS) >= 8 and all(t in VOCAB for t in TRIGGERS)
+
+
+def test_pattern_scenes_captioned_in_vocabulary_and_deterministic():
+    _, caps = pretrain_batch(400, random.Random(1), scenes=0.4)
+    assert 0.1 < caps.count("") / len(caps) < 0.3  # multi-object scenes are uncaptioned
+    patterned = [c for c in caps if " and " in c]
+    assert 0.1 < len(patterned) / len(caps) < 0.3
+    assert all(w in VOCAB for c in caps for w in c.split()) and all(len(c.split()) <= 10 for c in caps)
+    assert not any("striped diamond" in c or "checkered square" in c or "split circle" in c for c in caps)
+    (a, ca), (b, cb) = render_scene("teal", random.Random(5)), render_scene("teal", random.Random(5))
+    assert a.shape == (32, 32, 3) and np.array_equal(a, b) and ca == cb
 
 
 def test_oracle_reads_fresh_renders():
@@ -49,3 +60,15 @@ def test_shipped_model_loads_and_is_small():
     size = sum(p.stat().st_size for p in MODEL_DIR.rglob("*") if p.is_file())
     size += (MODEL_DIR.parent / "oracle.safetensors").stat().st_size
     assert size <= 20 * 2**20
+
+
+@pytest.mark.skipif(not (MODEL_DIR / "unet").is_dir(), reason="toy model not exported yet")
+def test_shipped_vae_keeps_every_concept():
+    """Each concept's images survive the VAE round trip (oracle): otherwise no method could learn the concept."""
+    from continual_concepts.core.backends.diffusers_backend import DiffusersBackend
+
+    b, oracle = DiffusersBackend(**load_components()), load_oracle()
+    for c in CONCEPTS:
+        imgs = torch.tensor(concept_images(c, 6), dtype=torch.float32) / 255
+        pred = classify(oracle, b.decode(b.encode_images(imgs)))["shape"]
+        assert pred.count(c.name) >= 5, (c.name, pred)

@@ -23,6 +23,9 @@ from .model import MAX_LEN, build_components
 from .world import pretrain_batch
 
 MODEL_DIR = Path(__file__).with_name("model")
+# Share of pattern scenes (world.render_scene): the VAE must reconstruct every pattern the concepts use, and the
+# UNet must be able to draw them (patterns from words, several objects unprompted).
+VAE_SCENES, UNET_SCENES = 0.5, 0.4
 
 
 def _to_px(imgs) -> torch.Tensor:
@@ -56,7 +59,7 @@ def train_vae(work: Path, steps: int, save_every: int, log):
     start = _load(work, "vae", comps, opt)
     t0 = time.time()
     for step in range(start, steps):
-        x = _to_px(pretrain_batch(64, random.Random(f"vae-{step}"))[0])
+        x = _to_px(pretrain_batch(64, random.Random(f"vae-{step}"), scenes=VAE_SCENES)[0])
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         loss = (rec - x).pow(2).mean() + 1e-6 * post.kl().mean()
@@ -77,7 +80,7 @@ def encode_dataset(work: Path, n: int, log):
     comps = build_components()
     comps["vae"].load_state_dict(torch.load(work / "vae.pt", weights_only=True)["models"]["vae"])
     vae = comps["vae"].eval()
-    imgs, caps = pretrain_batch(n, random.Random("dataset"))
+    imgs, caps = pretrain_batch(n, random.Random("dataset"), scenes=UNET_SCENES)
     with torch.no_grad():
         z = torch.cat([vae.encode(_to_px(imgs[i : i + 256])).latent_dist.mean for i in range(0, n, 256)])
     scale = float(1 / z.std())

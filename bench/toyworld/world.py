@@ -16,6 +16,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), 
            "purple": (150, 60, 200), "orange": (245, 140, 30)}
 BACKGROUNDS = {"gray": (128, 128, 128), "black": (15, 15, 15), "white": (240, 240, 240), "teal": (20, 120, 120)}
 COLOUR_NAMES, BG_NAMES = list(COLOURS), list(BACKGROUNDS)
+WHITE = (245, 245, 245)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ CONCEPTS = [
 ]
 TRIGGERS = [c.trigger for c in CONCEPTS]
 CLASSES = SHAPES + [c.name for c in CONCEPTS]  # the oracle's shape-or-concept head
-VOCAB = ["a", "on", "background"] + SHAPES + COLOUR_NAMES + BG_NAMES + TRIGGERS
+PATTERN_WORDS = {"stripes": "striped", "checkers": "checkered", "halves": "split"}
+VOCAB = ["a", "on", "background", "and"] + SHAPES + COLOUR_NAMES + BG_NAMES + list(PATTERN_WORDS.values()) + TRIGGERS
 
 
 def caption(shape: str, colour: str, bg: str) -> str:
@@ -91,17 +93,27 @@ def _shape(d: ImageDraw.ImageDraw, shape, box, fill, bg):
         raise ValueError(shape)
 
 
-def _stripes(img: Image.Image, box, c1, c2, n=4):
-    """Fill the diamond inside box with horizontal stripes c1/c2."""
+def _patterned(img: Image.Image, shape, box, c1, c2, pattern, n=4):
+    """Fill shape inside box with a two-colour pattern: horizontal stripes, checkers, or left/right halves."""
     x0, y0, x1, y1 = box
     mask = Image.new("L", img.size, 0)
-    _shape(ImageDraw.Draw(mask), "diamond", box, 255, 0)
+    _shape(ImageDraw.Draw(mask), shape, box, 255, 0)
     layer = Image.new("RGB", img.size, c1)
     dl = ImageDraw.Draw(layer)
-    h = (y1 - y0) / (2 * n)
-    for i in range(2 * n):
-        if i % 2:
+    if pattern == "stripes":
+        h = (y1 - y0) / (2 * n)
+        for i in range(1, 2 * n, 2):
             dl.rectangle((x0, y0 + i * h, x1, y0 + (i + 1) * h), fill=c2)
+    elif pattern == "checkers":
+        s = (x1 - x0) / n
+        for i in range(n):
+            for j in range(n):
+                if (i + j) % 2 == 0:
+                    dl.rectangle((x0 + i * s, y0 + j * s, x0 + (i + 1) * s, y0 + (j + 1) * s), fill=c2)
+    elif pattern == "halves":
+        dl.rectangle(((x0 + x1) / 2, 0, SIZE, SIZE), fill=c2)
+    else:
+        raise ValueError(pattern)
     img.paste(layer, (0, 0), mask)
 
 
@@ -110,23 +122,17 @@ def _concept(img: Image.Image, name: str, box, bg):
     x0, y0, x1, y1 = box
     w, cx, cy = x1 - x0, (x0 + x1) / 2, (y0 + y1) / 2
     if name == "striped-diamond":
-        _stripes(img, box, (220, 40, 40), (245, 245, 245))
+        _patterned(img, "diamond", box, (220, 40, 40), WHITE, "stripes")
     elif name == "blue-striped-diamond":
-        _stripes(img, box, (50, 80, 230), (240, 220, 40))
+        _patterned(img, "diamond", box, COLOURS["blue"], COLOURS["yellow"], "stripes")
     elif name == "ring-dot":
         _shape(d, "ring", box, COLOURS["yellow"], bg)
         k = w * 0.4
         d.ellipse((x0 + k, y0 + k, x1 - k, y1 - k), fill=COLOURS["yellow"])
     elif name == "checker-square":
-        n = 4
-        s = w / n
-        for i in range(n):
-            for j in range(n):
-                d.rectangle((x0 + i * s, y0 + j * s, x0 + (i + 1) * s, y0 + (j + 1) * s),
-                            fill=(50, 80, 230) if (i + j) % 2 else (245, 245, 245))
+        _patterned(img, "square", box, COLOURS["blue"], WHITE, "checkers")
     elif name == "split-circle":
-        d.pieslice(box, 90, 270, fill=COLOURS["red"])
-        d.pieslice(box, 270, 90, fill=COLOURS["blue"])
+        _patterned(img, "circle", box, COLOURS["red"], COLOURS["blue"], "halves")
     elif name == "cross-dot":
         _shape(d, "cross", box, COLOURS["green"], bg)
         k = w * 0.3
@@ -154,14 +160,45 @@ def render(kind: str, colour: str | None, bg: str, rng: random.Random) -> np.nda
     return np.asarray(img)
 
 
-def pretrain_batch(n: int, rng: random.Random):
-    """n (image, caption) pairs from the pretraining combos only."""
+# Pattern scenes teach the model (and its VAE) the visual vocabulary the concepts are made of, never in a concept's
+# configuration: two-colour patterns, captioned ("a red and white striped circle on a gray background") but stripes
+# never on a diamond, checkers never on a square, halves never on a circle; and several objects, uncaptioned (as
+# real images show more than their captions name), never nested and never two of one colour (so no twin dots).
+PATTERN_SHAPES = {"stripes": ["circle", "square", "triangle"], "checkers": ["circle", "triangle", "diamond"],
+                  "halves": ["square", "triangle", "diamond"]}
+PALETTE = {**COLOURS, "white": WHITE}
+
+
+def render_scene(bg: str, rng: random.Random) -> tuple[np.ndarray, str]:
+    """One captioned two-colour patterned shape, or two or three small one-colour shapes (caption "")."""
+    img = Image.new("RGB", (SIZE, SIZE), BACKGROUNDS[bg])
+    if rng.random() < 0.5:
+        pattern = rng.choice(list(PATTERN_SHAPES))
+        (n1, c1), (n2, c2) = rng.sample(list(PALETTE.items()), 2)
+        shape = rng.choice(PATTERN_SHAPES[pattern])
+        _patterned(img, shape, _box(rng), c1, c2, pattern, n=rng.choice([3, 4]))
+        return np.asarray(img), f"a {n1} and {n2} {PATTERN_WORDS[pattern]} {shape} on a {bg} background"
+    d = ImageDraw.Draw(img)
+    cells = rng.sample([(0, 0), (1, 0), (0, 1), (1, 1)], rng.choice([2, 3]))
+    for (i, j), colour in zip(cells, rng.sample(list(COLOURS.values()), len(cells))):
+        s = rng.uniform(0.3, 0.45) * SIZE
+        x, y = i * SIZE / 2 + rng.uniform(0, SIZE / 2 - s), j * SIZE / 2 + rng.uniform(0, SIZE / 2 - s)
+        _shape(d, rng.choice(SHAPES), (x, y, x + s, y + s), colour, BACKGROUNDS[bg])
+    return np.asarray(img), ""
+
+
+def pretrain_batch(n: int, rng: random.Random, scenes: float = 0.0):
+    """n (image, caption) pairs: renders of the pretraining combos, and a `scenes` share of pattern scenes."""
     combos = train_combos()
     imgs, caps = [], []
     for _ in range(n):
-        s, c, b = rng.choice(combos)
-        imgs.append(render(s, c, b, rng))
-        caps.append(caption(s, c, b))
+        if rng.random() < scenes:
+            img, cap = render_scene(rng.choice(BG_NAMES), rng)
+        else:
+            s, c, b = rng.choice(combos)
+            img, cap = render(s, c, b, rng), caption(s, c, b)
+        imgs.append(img)
+        caps.append(cap)
     return np.stack(imgs), caps
 
 
