@@ -31,41 +31,61 @@ def queue_prompt(server: str, workflow: dict, client_id: str) -> str:
         raise RuntimeError(f"rejected: {body.get('error', {}).get('message', e)}{' — ' + errs if errs else ''}") from None
 
 
-def follow(server: str, prompt_id: str, client_id: str, timeout: float, log) -> dict:
-    """Wait for the prompt to finish (websocket progress when available); returns its /history entry."""
-    deadline = time.time() + timeout
+def connect(server: str, client_id: str):
+    """The progress websocket, opened before queueing so no message is missed; None when it cannot be had."""
     try:
         import websocket
 
-        ws = websocket.create_connection(server.replace("http", "ws", 1).rstrip("/") + f"/ws?clientId={client_id}",
-                                         timeout=10)
+        return websocket.create_connection(server.replace("http", "ws", 1).rstrip("/") + f"/ws?clientId={client_id}",
+                                           timeout=10)
     except Exception:
-        ws = None
+        return None
+
+
+def follow(server: str, prompt_id: str, ws, timeout: float, log, node_seconds: dict | None = None) -> dict:
+    """Wait for the prompt to finish (websocket progress when ws is open, else polling); returns its /history entry.
+    node_seconds, when given, receives each executed node's wall time (from the websocket's 'executing' messages;
+    cached nodes do not run and are absent). Closes ws."""
+    deadline = time.time() + timeout
+    current, started = None, 0.0
+
+    def switch(node):
+        nonlocal current, started
+        now = time.perf_counter()
+        if current is not None and node_seconds is not None:
+            node_seconds[current] = node_seconds.get(current, 0.0) + now - started
+        current, started = node, now
+
     try:
         while time.time() < deadline:
+            msg = None
             if ws is not None:
                 try:
                     msg = ws.recv()
-                except Exception:  # timeout or closed: fall back to polling
+                except Exception:  # timeout or closed: poll the history instead
                     msg = None
-                if isinstance(msg, str):
-                    m = json.loads(msg)
-                    d = m.get("data", {})
-                    if d.get("prompt_id") not in (None, prompt_id):
-                        continue
-                    if m["type"] == "progress":
-                        log(f"  node {d.get('node')}: {d.get('value')}/{d.get('max')}")
-                    elif m["type"] == "executing" and d.get("node"):
-                        log(f"running node {d['node']}")
-                    elif m["type"] in ("execution_error", "execution_interrupted", "execution_success") or (
-                            m["type"] == "executing" and d.get("node") is None):
-                        break
             else:
                 time.sleep(0.5)
+            if isinstance(msg, str):
+                m = json.loads(msg)
+                d = m.get("data", {})
+                if d.get("prompt_id") not in (None, prompt_id):
+                    continue
+                if m["type"] == "progress":
+                    log(f"  node {d.get('node')}: {d.get('value')}/{d.get('max')}")
+                elif m["type"] == "executing" and d.get("node"):
+                    switch(d["node"])
+                    log(f"running node {d['node']}")
+                elif m["type"] in ("execution_error", "execution_interrupted", "execution_success") or (
+                        m["type"] == "executing" and d.get("node") is None):
+                    switch(None)
+                    break
+                continue
+            if msg is not None:  # binary previews: keep reading
+                continue
             hist = _http(server, f"/history/{prompt_id}")
-            if prompt_id in hist and hist[prompt_id].get("status", {}).get("completed") is not None:
-                if hist[prompt_id]["status"].get("status_str") in ("success", "error"):
-                    return hist[prompt_id]
+            if prompt_id in hist and hist[prompt_id].get("status", {}).get("status_str") in ("success", "error"):
+                return hist[prompt_id]
         for _ in range(50):  # the history entry lands just after the last message
             hist = _http(server, f"/history/{prompt_id}")
             if prompt_id in hist:
@@ -97,10 +117,12 @@ def main(argv=None) -> int:
     def log(s):
         print(s, file=sys.stderr)
 
+    ws = connect(a.server, cid)
     try:
         pid = queue_prompt(a.server, wf, cid)
         log(f"queued {path.name} as {pid}")
-        hist = follow(a.server, pid, cid, a.timeout, log)
+        secs: dict[str, float] = {}
+        hist = follow(a.server, pid, ws, a.timeout, log, secs)
     except (OSError, RuntimeError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -110,5 +132,8 @@ def main(argv=None) -> int:
         for e in errs:
             print(f"error: node {e.get('node_id')} ({e.get('node_type')}): {e.get('exception_message', '').strip()}", file=sys.stderr)
         return 1
-    print(json.dumps({"prompt_id": pid, "outputs": hist.get("outputs", {})}))
+    timing = {k: {"class_type": wf[k]["class_type"], "seconds": round(v, 3)} for k, v in secs.items() if k in wf}
+    for k, t in timing.items():
+        log(f"node {k} ({t['class_type']}): {t['seconds']:.2f} s")
+    print(json.dumps({"prompt_id": pid, "outputs": hist.get("outputs", {}), "node_seconds": timing}))
     return 0

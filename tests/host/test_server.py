@@ -71,8 +71,11 @@ def queue(url, wf, tmp_path, name):
     out = subprocess.run([sys.executable, "-m", "continual_concepts", "queue", str(p), "--server", url, "--timeout", "900"],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    print(f"{name}: {time.time() - t0:.1f} s")
-    return json.loads(out.stdout.strip().splitlines()[-1])["outputs"]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{name}: {time.time() - t0:.1f} s; per node: " + ", ".join(
+        f"{t['class_type']} {t['seconds']:.1f} s" for t in res["node_seconds"].values()))
+    assert res["node_seconds"], "the queue client timed no node"
+    return res["outputs"]
 
 
 def test_every_node_type_is_registered(server):
