@@ -2,8 +2,8 @@
 
 Runs with ComfyUI's python (COMFYUI_PATH, default /opt/ComfyUI, its .venv); bench/speed.py calls it as
 
-    <comfy python> bench/comfy_merge_bench.py prep --dir D         # slim SD1.5 checkpoint + a one-concept memory
-    <comfy python> bench/comfy_merge_bench.py ours|comfy --dir D   # one side per process: load, patch, save
+    <comfy python> -m continual_concepts.bench.comfy_merge_bench prep --dir D         # slim SD1.5 checkpoint + a one-concept memory
+    <comfy python> -m continual_concepts.bench.comfy_merge_bench ours|comfy --dir D   # one side per process: load, patch, save
 
 Each side loads the same checkpoint, gives MODEL the same K/V row patches and CLIP the same trigger-token patch
 (a CNS-sized concept: 0.13 % of UNet parameters), then saves: ours = MergeIntoCheckpoint.execute (checkpoint +
@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from continual_concepts.bench.comfy_sd15_checkpoint import build_checkpoint, use_comfyui
+from continual_concepts.bench.comfy_host import use_comfyui
+from continual_concepts.bench.comfy_sd15_checkpoint import build_checkpoint
 
 
 def prep(d: Path) -> dict:

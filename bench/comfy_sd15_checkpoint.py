@@ -6,23 +6,9 @@ full: the SD1.5 UNet (channel_mult 1,2,4,4, two res blocks, attention at the fir
 CLIP-L and the SD VAE are always full size. Weights are stored fp16, as released checkpoints are."""
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
-COMFYUI = Path(os.environ.get("COMFYUI_PATH", "/opt/ComfyUI"))
 SLIM = dict(num_res_blocks=[1], channel_mult=[1], transformer_depth=[1], transformer_depth_output=[1, 1])
 FULL = dict(num_res_blocks=[2, 2, 2, 2], channel_mult=[1, 2, 4, 4], transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0],
             transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0])
-
-
-def use_comfyui(cpu: bool = True) -> None:
-    """Make the ComfyUI checkout importable in a script (its args parser reads sys.argv on import)."""
-    sys.path.insert(0, str(COMFYUI))
-    sys.argv = sys.argv[:1] + (["--cpu"] if cpu else [])
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = cpu
 
 
 def build_checkpoint(path: str, seed: int = 0, full: bool = False) -> str:

@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from continual_concepts.bench.comfy_sd15_checkpoint import build_checkpoint, use_comfyui
+from continual_concepts.bench.comfy_host import use_comfyui
+from continual_concepts.bench.comfy_sd15_checkpoint import build_checkpoint
 
 
 def run(small: bool, steps: int, n0: int) -> dict:

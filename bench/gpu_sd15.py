@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
+
+from . import comfy_host
 
 SD15_UNET = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
@@ -104,16 +104,13 @@ def run(small: bool, device: str, steps: int) -> dict:
 def comfyui_side(small: bool, cpu: bool, steps: int) -> dict:
     """Our Select + Train nodes vs ComfyUI's TrainLoraNode (rank 8) on one SD1.5 model, in ComfyUI's own python
     (bench/comfy_train_bench.py); skipped with the reason when no ComfyUI checkout with a .venv is present."""
-    root = Path(os.environ.get("COMFYUI_PATH", "/opt/ComfyUI"))
-    py = root / ".venv" / "bin" / "python"
-    if not (root / "main.py").is_file() or not py.is_file():
-        return {"skipped": f"no ComfyUI checkout with a .venv at {root} (set COMFYUI_PATH)"}
-    cmd = [str(py), "-m", "continual_concepts.bench.comfy_train_bench", "--steps", str(steps)]
-    r = subprocess.run(cmd + ["--small"] * small + ["--cpu"] * cpu, capture_output=True, text=True, cwd=str(root))
-    if r.returncode != 0:
-        return {"skipped": "comfy_train_bench failed: " + (r.stderr.strip().splitlines() or ["?"])[-1]}
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
+    if why := comfy_host.missing():
+        return {"skipped": why}
+    try:
+        return comfy_host.run_json("continual_concepts.bench.comfy_train_bench", "--steps", str(steps),
+                                   *["--small"] * small, *["--cpu"] * cpu)
+    except RuntimeError as e:
+        return {"skipped": f"comfy_train_bench failed: {e}"}
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

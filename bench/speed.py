@@ -10,12 +10,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from . import comfy_host
 
 
 def _backend(quick: bool):
@@ -168,20 +168,12 @@ def bench_merge_vs_checkpointsave(quick: bool, workdir: str | None = None) -> di
     process per side and round (peak RSS is per process), sides alternating; medians over rounds."""
     import tempfile
 
-    root = Path(os.environ.get("COMFYUI_PATH", "/opt/ComfyUI"))
-    py = root / ".venv" / "bin" / "python"
-    script = Path(__file__).with_name("comfy_merge_bench.py")
-    if not (root / "main.py").is_file() or not py.is_file():
-        return {"skipped": f"no ComfyUI checkout with a .venv at {root} (set COMFYUI_PATH)"}
-    if not (Path(__file__).parents[1] / "nodes" / "merge_node.py").is_file():
-        return {"skipped": "nodes/merge_node.py (Merge into Checkpoint) not present"}
+    if why := comfy_host.missing():
+        return {"skipped": why}
     rounds, repeats = (1, 1) if quick else (2, 3)
 
     def call(*args):
-        r = subprocess.run([str(py), str(script), *args], capture_output=True, text=True, cwd=str(root))
-        if r.returncode != 0:
-            raise RuntimeError((r.stderr.strip().splitlines() or ["?"])[-1])
-        return json.loads(r.stdout.strip().splitlines()[-1])
+        return comfy_host.run_json("continual_concepts.bench.comfy_merge_bench", *args)
 
     with tempfile.TemporaryDirectory(dir=workdir) as d:
         try:

@@ -1,6 +1,5 @@
 """Headless ComfyUI on 127.0.0.1 with only this pack: queue every API workflow through our queue client."""
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -60,7 +59,7 @@ def server(slim_ckpt, tmp_path_factory):
         proc.terminate()
         proc.wait(30)
         log.close()
-        print(f"\n--- server log summary ---\n" + "\n".join(
+        print("\n--- server log summary ---\n" + "\n".join(
             l for l in (base / "server.log").read_text().splitlines() if "Prompt executed" in l or "Error" in l))
 
 
