@@ -21,9 +21,9 @@ class ContinualTrainStep(io.ComfyNode):
         return io.Schema(
             node_id="ContinualConcepts_ContinualTrainStep", display_name="Continual Train Step (DC-regularized)",
             category=CATEGORY,
-            description="Train only the selected K/V rows with CNS, EWC-DC and DSC regularisers. The trigger token is "
-                        "not trained inside ComfyUI: its CLIP forward adds residuals in place, which autograd cannot "
-                        "differentiate (the CLI trains it); the concept lives in the K/V rows.",
+            description="Train only the selected K/V rows (and the trigger word's embedding) with CNS, EWC-DC and DSC "
+                        "regularisers. Returns a MODEL and a CLIP that carry the concept as patches; the inputs are "
+                        "left as they were.",
             inputs=[
                 io.Model.Input("model", tooltip="Model before this concept (may already carry earlier concepts)."),
                 io.Clip.Input("clip", tooltip="Text encoder before this concept."),
@@ -40,7 +40,10 @@ class ContinualTrainStep(io.ComfyNode):
                 f("lam_ewc", default=1.0, min=0, max=1e6, step=0.01, tooltip="EWC with the DC-score Fisher (0 = off)."),
                 f("lam_dsc", default=1.0, min=0, max=1e6, step=0.01, tooltip="DSC distillation from the model before (0 = off)."),
                 io.Int.Input("dc_every", default=5, min=1, max=1000, tooltip="Run DSC every k steps."),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Seed: same seed, same result on CPU."),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
+                             tooltip="Seed: same seed, same result on CPU."),
+                io.Boolean.Input("train_token", default=True,
+                                 tooltip="Also learn the trigger word's embedding (the CLIP output carries it)."),
                 Memory.Input("memory", optional=True, tooltip="Continual memory from earlier concepts (none: first concept)."),
                 io.String.Input("generic_prompt", default="a photo", tooltip="DC candidate standing for what the model drew before."),
             ],
@@ -50,10 +53,10 @@ class ContinualTrainStep(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, images, neurons, prompt, trigger, name, steps, lr, lam_prev, lam_base, lam_ewc,
-                lam_dsc, dc_every, seed, memory=None, generic_prompt="a photo") -> io.NodeOutput:
+                lam_dsc, dc_every, seed, train_token=True, memory=None, generic_prompt="a photo") -> io.NodeOutput:
         images = check_image_batch(images)
         cfg = TrainConfig(steps=steps, lr=lr, lam_prev=lam_prev, lam_base=lam_base, lam_ewc=lam_ewc, lam_dsc=lam_dsc,
-                          dc_every=dc_every, train_token=False, seed=seed)
+                          dc_every=dc_every, train_token=train_token, seed=seed)
         cfg.validate()
         with training_backend(model, clip, vae) as b:
             b.trigger_token_id(trigger)

@@ -28,7 +28,8 @@ def convert(api: dict, info: dict) -> dict:
             v = node["inputs"].get(name)
             if is_widget and not isinstance(v, list):
                 widgets.append(v if v is not None else opts.get("default"))
-                if opts.get("control_after_generate"):
+                # the frontend gives seeds (and any input marked so) a second "control after generate" widget
+                if opts.get("control_after_generate", t == "INT" and name in ("seed", "noise_seed")):
                     widgets.append("fixed")
             elif not is_widget:
                 link = None

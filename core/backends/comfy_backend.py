@@ -5,6 +5,8 @@ as ModelPatcher / CLIP patches (see nodes/). Construct and use it inside torch.i
 `prepare_for_training` has replaced ComfyUI's inference-mode tensors by ordinary copies (same values)."""
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+
 import torch
 
 from .base import Backend, KVLayer, UnsupportedModelError, row_delta_hook
@@ -15,6 +17,32 @@ SUPPORTED = ("SD15", "SD20", "SD21UnclipL", "SD21UnclipH", "SD_X4Upscaler")
 def model_type_name(model) -> str:
     cfg = getattr(model.model, "model_config", None)
     return type(cfg).__name__ if cfg is not None else type(model.model).__name__
+
+
+@contextmanager
+def differentiable_clip(text_model):
+    """ComfyUI's CLIPLayer adds residuals in place (x += attn(ln1(x))) after its layer norm saved x, so
+    autograd refuses to differentiate it. Cloning each layer norm's input (pre-hooks, removed on exit)
+    leaves the values unchanged and lets a trigger token's gradient through."""
+    from comfy.clip_model import CLIPLayer
+
+    hooks = [ln.register_forward_pre_hook(lambda _m, args: (args[0].clone(), *args[1:]))
+             for layer in text_model.modules() if isinstance(layer, CLIPLayer)
+             for ln in (layer.layer_norm1, layer.layer_norm2)]
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def override_tokens(tokens: dict, over: dict[int, torch.Tensor]) -> dict:
+    """ComfyUI token lists with every token id in `over` replaced by its embedding vector (ComfyUI feeds
+    tensors in a token list straight to the transformer, as it does for textual-inversion embeddings)."""
+    if not over:
+        return tokens
+    return {k: [[(over[int(t[0])], *t[1:]) if not torch.is_tensor(t[0]) and int(t[0]) in over else t for t in seq]
+                for seq in v] for k, v in tokens.items()}
 
 
 class ComfyBackend(Backend):
@@ -123,11 +151,9 @@ class ComfyBackend(Backend):
         over = {self.trigger_token_id(k): v for k, v in (tokens or {}).items()}
         outs = []
         for p in prompts:
-            toks = self.clip.tokenize(p)
-            if over:
-                toks = {k: [[(over[int(t[0])], *t[1:]) if not torch.is_tensor(t[0]) and int(t[0]) in over else t
-                             for t in seq] for seq in v] for k, v in toks.items()}
-            outs.append(self.clip.encode_from_tokens(toks).to(self.device))
+            toks = override_tokens(self.clip.tokenize(p), over)
+            with differentiable_clip(self.clip.cond_stage_model) if over and torch.is_grad_enabled() else nullcontext():
+                outs.append(self.clip.encode_from_tokens(toks).to(self.device))
         if len({o.shape[1] for o in outs}) > 1:
             raise ValueError("prompts: all prompts must fit the same number of 77-token chunks")
         return torch.cat(outs)

@@ -60,6 +60,47 @@ def test_train_returns_patched_clones_and_leaves_input_untouched(trained):
     assert trained["loss"].shape[-1] == 3 and len(trained["mem"].concepts) == 1
 
 
+def _encode(clip, text, tokens=None):
+    from continual_concepts.core.backends.comfy_backend import override_tokens
+
+    return clip.encode_from_tokens(override_tokens(clip.tokenize(text), tokens or {}))
+
+
+def test_train_learns_the_trigger_token_into_the_clip_output(trained):
+    """The token is trained inside ComfyUI (through its in-place CLIP forward) and travels as a CLIP patch."""
+    token = trained["mem"].concepts[0].token
+    assert token is not None and token.shape == (768,)
+    key = "clip_l.transformer.text_model.embeddings.token_embedding.weight"
+    base = trained["clip"].cond_stage_model.state_dict()[key]
+    tid = trained["clip"].tokenize("sks")["l"][0][1][0]
+    assert not torch.allclose(token, base[tid].float()), "the token did not move"
+    before = _encode(trained["clip"], "a photo of sks")
+    after = _encode(trained["c2"], "a photo of sks")
+    with_override = _encode(trained["clip"], "a photo of sks", {tid: token})
+    moved, err = (after - before).abs().max(), (after - with_override).abs().max()
+    assert err < 0.01 * moved, (err, moved)  # equal up to the patch's rounding into the stored weight dtype
+    assert torch.equal(_encode(trained["clip"], "a photo of sks"), before), "input CLIP changed"
+
+
+def test_token_gradient_through_comfy_clip_matches_finite_difference(loaded):
+    from continual_concepts.core.backends.comfy_backend import ComfyBackend
+
+    model, clip, vae = loaded
+    with torch.inference_mode(False), torch.enable_grad():
+        b = ComfyBackend(model.clone(), clip.clone(), vae)
+        b.prepare_for_training()
+        tok = b.token_row("sks").requires_grad_(True)
+        w = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(1))
+        (b.encode_text(["a photo of sks"], {"sks": tok}) * w).sum().backward()
+        d = torch.randn(768, generator=torch.Generator().manual_seed(2))
+        h = 1e-3
+        with torch.no_grad():
+            f = lambda v: (b.encode_text(["a photo of sks"], {"sks": v}) * w).sum().double()  # noqa: E731
+            fd = (f(tok + h * d) - f(tok - h * d)) / (2 * h)
+    assert tok.grad.abs().sum() > 0
+    assert abs(float(tok.grad @ d) - float(fd)) <= 2e-2 * abs(float(fd)) + 1e-4, (float(tok.grad @ d), float(fd))
+
+
 def test_probe_json_and_predicted(trained):
     from continual_concepts.nodes.probe_node import DCScoreProbe
 
@@ -92,6 +133,11 @@ def test_merge_writes_loadable_checkpoint_with_only_selected_rows_changed(traine
     stem = path[: -len(".safetensors")]
     lora = load_file(f"{stem}.a.lora.safetensors")
     assert any(k.startswith("lora_unet_") and k.endswith("lora_up.weight") for k in lora)
+    token = trained["mem"].concepts[0].token
+    tid = trained["clip"].tokenize("sks")["l"][0][1][0]
+    emb = sd["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"]
+    assert torch.allclose(emb[tid].float(), token, atol=1e-2), "merged checkpoint lacks the learned token"
+    assert load_file(f"{stem}.sks.embedding.safetensors")["emb_params"].shape == (1, 768)
     with pytest.raises(Exception):  # never overwrite: a second merge gets the next counter, not this name
         from continual_concepts.core.atomic_io import atomic_write
 
