@@ -31,13 +31,13 @@ def build_checkpoint(path: str, seed: int = 0, full: bool = False) -> str:
     sd = {}
     for prefix, m in (("model.diffusion_model.", unet), ("cond_stage_model.transformer.", clip.transformer),
                       ("first_stage_model.", vae)):
-        _init(m)
+        random_init(m)
         sd.update({prefix + k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in m.state_dict().items()})
     save_file(sd, path)
     return path
 
 
-def _init(model) -> None:
+def random_init(model) -> None:
     """ComfyUI's ops skip weight init: give every tensor a sane random value (norms 1/0, others N(0, 0.02))."""
     import torch
 

@@ -51,11 +51,16 @@ def load_concept_delta(path) -> ConceptRecord:
                          delta={n: t[f"{n}.delta"].float() for n in layers}, token=t.get("token"))
 
 
-def save_embedding(path, trigger: str, token: torch.Tensor) -> Path:
-    """Textual-inversion embedding as ComfyUI / A1111 read it: 'emb_params' [1, D]."""
+def save_embedding(path, trigger: str, token: torch.Tensor, parts: list[tuple[str, int]] | None = None) -> Path:
+    """Textual-inversion embedding as ComfyUI / A1111 read it: 'emb_params' [1, D] for one text encoder; with
+    several (SDXL: parts [("clip_l", 768), ("clip_g", 1280)]) one [1, width] tensor per encoder name."""
     from safetensors.torch import save_file
 
-    t = {"emb_params": token.float().reshape(1, -1).contiguous()}
+    token = token.float().reshape(1, -1)
+    if parts and len(parts) > 1:
+        t = {n: p.contiguous() for (n, _), p in zip(parts, token.split([w for _, w in parts], -1))}
+    else:
+        t = {"emb_params": token.contiguous()}
     return atomic_write(path, lambda tmp: save_file(t, tmp, metadata={"trigger": trigger}))
 
 

@@ -74,7 +74,7 @@ def taylor_scores(backend: Backend, x0: torch.Tensor, prompt: str, cfg: SelectCo
 @torch.no_grad()
 def activation_scores(backend: Backend, prompt: str) -> dict[str, torch.Tensor]:
     """mean over every context position cross-attention reads (padding included) of |W_r . e| (text only)."""
-    e = backend.encode_text([prompt])[0].float()
+    e = backend.text_context(backend.encode_text([prompt]))[0].float()
     return {l.name: (e @ l.weight.float().T).abs().mean(0).cpu() for l in backend.kv_layers()}
 
 

@@ -62,13 +62,14 @@ def patched_model(model, deltas: dict) -> object:
 
 
 def patched_clip(clip, backend: ComfyBackend, trigger: str, token: torch.Tensor | None):
-    """clip.clone() whose trigger-word embedding row holds the learned concept token."""
+    """clip.clone() whose trigger-word embedding row (in every text encoder: SDXL has two) holds the learned token."""
     out = clip.clone()
     if token is None:
         return out
     tid = backend.trigger_token_id(trigger)
-    diff = (token.float() - backend.token_row(trigger)).view(1, -1)
-    accepted = out.add_patches({(backend.token_embedding_key(), (0, tid, 1)): (diff,)})
-    if not accepted:
+    base = backend.split_token(backend.token_row(trigger))
+    patches = {(f"{name}.transformer.text_model.embeddings.token_embedding.weight", (0, tid, 1)):
+               ((part.float() - base[name]).view(1, -1),) for name, part in backend.split_token(token).items()}
+    if len(out.add_patches(patches)) != len(patches):
         raise RuntimeError("ComfyUI rejected the token-embedding patch")
     return out

@@ -6,6 +6,7 @@ import torch
 from comfy_api.latest import io
 
 from ..core.atomic_io import atomic_write
+from ..core.backends.comfy_backend import token_parts
 from ..core.export import row_delta_as_lora, save_embedding
 from .common import CATEGORY, Memory
 from .memory_nodes import next_free
@@ -62,5 +63,5 @@ class MergeIntoCheckpoint(io.ComfyNode):
             written.append(str(p))
             if c.token is not None:
                 written.append(str(save_embedding(stem.with_name(f"{stem.name}.{c.trigger}.embedding.safetensors"),
-                                                  c.trigger, c.token)))
+                                                  c.trigger, c.token, token_parts(clip))))
         return io.NodeOutput(str(ckpt), ui={"text": written})

@@ -96,6 +96,11 @@ class Backend(ABC):
         """Text context [B, L, D] fed to cross-attention; `tokens` overrides trigger-word embeddings
         (differentiably, so a concept token can be trained)."""
 
+    def text_context(self, context: torch.Tensor) -> torch.Tensor:
+        """The positions of an encode_text context that cross-attention reads. A backend may carry more in a
+        context (SDXL's pooled vector); core treats contexts as opaque apart from this."""
+        return context
+
     @abstractmethod
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images [B,H,W,3] in 0..1 -> x0 in the denoiser's space (scaled latents or pixels)."""

@@ -11,12 +11,26 @@ import torch
 
 from .base import Backend, KVLayer, UnsupportedModelError, row_delta_hook
 
-SUPPORTED = ("SD15", "SD20", "SD21UnclipL", "SD21UnclipH", "SD_X4Upscaler")
-
-
 def model_type_name(model) -> str:
     cfg = getattr(model.model, "model_config", None)
     return type(cfg).__name__ if cfg is not None else type(model.model).__name__
+
+
+def text_encoders(clip) -> list[tuple[str, torch.nn.Module]]:
+    """The CLIP text encoders inside ComfyUI's CLIP, in the order their outputs are concatenated:
+    SD1.x clip_l, SD2.x clip_h, SDXL clip_l + clip_g, SDXL refiner clip_g. Tokenizer key = name[5:]."""
+    from comfy.sd1_clip import SDClipModel
+
+    encs = [(n, m) for n, m in clip.cond_stage_model.named_children() if isinstance(m, SDClipModel)]
+    if not encs or any(not n.startswith("clip_") for n, _ in encs):
+        raise UnsupportedModelError(f"clip: {type(clip.cond_stage_model).__name__} is not a CLIP text encoder of the "
+                                    "SD1.x / SD2.x / SDXL families")
+    return encs
+
+
+def token_parts(clip) -> list[tuple[str, int]]:
+    """(encoder name, embedding width) in the order a trigger's token vector concatenates them."""
+    return [(n, m.transformer.get_input_embeddings().weight.shape[1]) for n, m in text_encoders(clip)]
 
 
 @contextmanager
@@ -36,38 +50,46 @@ def differentiable_clip(text_model):
             h.remove()
 
 
-def override_tokens(tokens: dict, over: dict[int, torch.Tensor]) -> dict:
-    """ComfyUI token lists with every token id in `over` replaced by its embedding vector (ComfyUI feeds
-    tensors in a token list straight to the transformer, as it does for textual-inversion embeddings)."""
-    if not over:
-        return tokens
-    return {k: [[(over[int(t[0])], *t[1:]) if not torch.is_tensor(t[0]) and int(t[0]) in over else t for t in seq]
-                for seq in v] for k, v in tokens.items()}
+def override_tokens(tokens: dict, over: dict[str, dict[int, torch.Tensor]]) -> dict:
+    """ComfyUI token lists (per tokenizer key: 'l', 'g', 'h') with every token id in over[key] replaced by its
+    embedding vector (ComfyUI feeds tensors in a token list straight to the transformer, as for textual
+    inversion)."""
+    def swap(t, o):
+        return (o[int(t[0])], *t[1:]) if not torch.is_tensor(t[0]) and int(t[0]) in o else t
+
+    return {k: [[swap(t, over[k]) for t in seq] for seq in v] if over.get(k) else v for k, v in tokens.items()}
 
 
 class ComfyBackend(Backend):
+    """SD1.x / SD2.x / SDXL UNets. Models with ADM conditioning (SDXL) also need CLIP's pooled vector: it rides
+    in the context tensor as extra trailing positions (core treats contexts as opaque, so batching, indexing and
+    caching keep it with its prompt), and predict_eps turns it into ComfyUI's `y` via the model's encode_adm."""
+
     def __init__(self, model, clip=None, vae=None):
         import comfy.model_management as mm
 
         name = model_type_name(model)
         dm = getattr(model.model, "diffusion_model", None)
-        if getattr(dm, "num_classes", None) is not None:  # SDXL-style UNets need pooled/ADM conditioning
-            raise UnsupportedModelError(
-                f"{name}: UNets with pooled/ADM conditioning (SDXL family) are not supported yet; "
-                "SD1.x and SD2.x are")
         self.mp, self.clip, self.vae, self.dm = model, clip, vae, dm
         self._layers = [KVLayer(f"diffusion_model.{n}", n[-1], m.weight) for n, m in (dm.named_modules() if dm else [])
                         if n.endswith(("attn2.to_k", "attn2.to_v"))]
         if not self._layers:
             raise UnsupportedModelError(
                 f"{name} ({type(dm).__name__}) has no cross-attention key/value projections: continual concept "
-                "training needs a text-conditioned UNet (SD1.x / SD2.x); DiT families (SD3, Flux, ...) are not supported")
+                "training needs a text-conditioned UNet (SD1.x / SD2.x / SDXL); DiT families (SD3, Flux, ...) are "
+                "not supported")
+        if getattr(model.model, "concat_keys", ()):
+            raise UnsupportedModelError(f"{name}: this model needs extra image inputs at every step "
+                                        f"({', '.join(model.model.concat_keys)}: an inpainting or edit model); "
+                                        "train on its base model instead")
+        self._adm = getattr(dm, "num_classes", None) is not None
         mm.load_models_gpu([model], force_full_load=True)
         self.device = model.load_device
         self.dtype = model.model.get_dtype()
         sig = model.model.model_sampling.sigmas.float()
         self._abar = (1.0 / (1.0 + sig**2)).to(self.device)
         self._hooks: dict[str, object] = {}
+        self._pooled_width: int | None = None
 
     # ------------------------------------------------------------------ weights
     def prepare_for_training(self) -> int:
@@ -115,16 +137,16 @@ class ComfyBackend(Backend):
         if self.clip is None:
             raise ValueError("clip: this operation needs the CLIP input")
 
-    def _encoder(self):
-        cm = self.clip.cond_stage_model
-        key = getattr(cm, "clip", None)
-        if key is None:
-            raise UnsupportedModelError(f"{type(cm).__name__}: only single-text-encoder CLIPs (SD1.x, SD2.x) are supported")
-        return key, getattr(cm, key)
+    def token_parts(self) -> list[tuple[str, int]]:
+        self._need_clip()
+        return token_parts(self.clip)
 
-    def token_embedding_key(self) -> str:
-        key, _ = self._encoder()
-        return f"{key}.transformer.text_model.embeddings.token_embedding.weight"
+    def split_token(self, token: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A trigger's token vector -> {encoder name: its row} (SDXL: 768 for clip_l, 1280 for clip_g)."""
+        parts = self.token_parts()
+        if token.shape[-1] != sum(w for _, w in parts):
+            raise ValueError(f"token: width {token.shape[-1]} does not fit this CLIP ({parts})")
+        return dict(zip([n for n, _ in parts], token.split([w for _, w in parts], -1)))
 
     def trigger_token_id(self, trigger):
         self._need_clip()
@@ -143,20 +165,47 @@ class ComfyBackend(Backend):
         return inner[0]
 
     def token_row(self, trigger):
-        _, enc = self._encoder()
-        return enc.transformer.get_input_embeddings().weight[self.trigger_token_id(trigger)].detach().float().clone()
+        tid = self.trigger_token_id(trigger)
+        return torch.cat([m.transformer.get_input_embeddings().weight[tid].detach().float().cpu()
+                          for _, m in text_encoders(self.clip)])
 
     def encode_text(self, prompts, tokens=None):
         self._need_clip()
-        over = {self.trigger_token_id(k): v for k, v in (tokens or {}).items()}
+        over: dict[str, dict[int, torch.Tensor]] = {}
+        for trigger, vec in (tokens or {}).items():
+            tid = self.trigger_token_id(trigger)
+            for name, part in self.split_token(vec).items():
+                over.setdefault(name[len("clip_"):], {})[tid] = part
+        grad = bool(over) and torch.is_grad_enabled()
         outs = []
         for p in prompts:
             toks = override_tokens(self.clip.tokenize(p), over)
-            with differentiable_clip(self.clip.cond_stage_model) if over and torch.is_grad_enabled() else nullcontext():
-                outs.append(self.clip.encode_from_tokens(toks).to(self.device))
+            with differentiable_clip(self.clip.cond_stage_model) if grad else nullcontext():
+                cond, pooled = self.clip.encode_from_tokens(toks, return_pooled=True)
+            outs.append(self._pack(cond.to(self.device), pooled))
         if len({o.shape[1] for o in outs}) > 1:
             raise ValueError("prompts: all prompts must fit the same number of 77-token chunks")
         return torch.cat(outs)
+
+    def _pack(self, cond, pooled):
+        """ADM models: append the pooled vector as ceil(P / D) zero-padded context positions."""
+        if not self._adm:
+            return cond
+        if pooled is None:
+            raise UnsupportedModelError("clip: this model needs a pooled text vector and the CLIP gave none")
+        B, D = cond.shape[0], cond.shape[-1]
+        self._pooled_width = P = pooled.shape[-1]
+        n = -(-P // D)
+        packed = torch.nn.functional.pad(pooled.to(cond), (0, n * D - P)).view(B, n, D)
+        return torch.cat([cond, packed], 1)
+
+    def _n_packed(self, context) -> int:
+        if self._pooled_width is None:
+            raise ValueError("context: this model's contexts must come from encode_text (they carry the pooled vector)")
+        return -(-self._pooled_width // context.shape[-1])
+
+    def text_context(self, context):
+        return context[:, : context.shape[1] - self._n_packed(context)] if self._adm else context
 
     # ------------------------------------------------------------------ images and noise
     def encode_images(self, images):
@@ -178,5 +227,12 @@ class ComfyBackend(Backend):
         abar = self._abar[t.to(self.device)].view(-1, 1, 1, 1)
         sigma = ((1 - abar) / abar).sqrt()
         x = x_t / abar.sqrt()
-        x0 = self.mp.model.apply_model(x, sigma.flatten(), c_crossattn=context)
+        extra = {}
+        if self._adm:
+            text = self.text_context(context)
+            pooled = context[:, text.shape[1]:].flatten(1)[:, : self._pooled_width]
+            H, W = x.shape[-2:]  # ComfyUI's default size conditioning: the latent size x 8, no crop
+            extra["y"] = self.mp.model.encode_adm(pooled_output=pooled, width=W * 8, height=H * 8, device=self.device)
+            context = text
+        x0 = self.mp.model.apply_model(x, sigma.flatten(), c_crossattn=context, **extra)
         return (x - x0) / sigma

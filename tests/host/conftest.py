@@ -40,3 +40,51 @@ def loaded(slim_ckpt):
 
     model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(slim_ckpt)
     return model, clip, vae
+
+
+KV = ("attn2.to_k.weight", "attn2.to_v.weight")
+
+
+@pytest.fixture(scope="session")
+def lora_kv():
+    """K/V weights of `model` with a LoRA file applied the way the stock LoraLoader applies it (all keys must map)."""
+    def apply(model, lora: dict) -> dict:
+        import comfy.model_management as mm
+        import comfy.sd
+        import torch
+
+        with torch.inference_mode():
+            patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+        assert len(patched.patches) == len(lora) // 3, "LoraLoader did not map every LoRA key"
+        mm.load_models_gpu([patched], force_full_load=True, force_patch_weights=True)
+        out = {k: v.float().clone() for k, v in patched.model.state_dict().items() if k.endswith(KV)}
+        mm.unload_all_models()
+        return out
+
+    return apply
+
+
+@pytest.fixture(scope="session")
+def teach():
+    """Select Concept Neurons + Continual Train Step (3 steps, every regulariser on) on one model, as a graph
+    would run them (under inference_mode); returns everything the tests look at."""
+    def run(model, clip, vae, budget_pct: float) -> dict:
+        import torch
+
+        from continual_concepts.nodes.select_node import SelectConceptNeurons
+        from continual_concepts.nodes.train_node import ContinualTrainStep
+
+        before = {k: v.clone() for k, v in model.model.state_dict().items() if k.endswith(KV)}
+        images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            neurons, nmap, report = SelectConceptNeurons.execute(
+                model=model, clip=clip, vae=vae, images=images, prompt="a photo of sks", trigger="sks",
+                budget_pct=budget_pct, calibration_prompts=2, general_scoring="taylor", seed=0).args
+            m2, c2, mem, loss = ContinualTrainStep.execute(
+                model=model, clip=clip, vae=vae, images=images, neurons=neurons, prompt="a photo of sks",
+                trigger="sks", name="a", steps=3, lr=1e-2, lam_prev=1.0, lam_base=0.1, lam_ewc=1.0, lam_dsc=1.0,
+                dc_every=2, seed=0).args
+        return dict(model=model, clip=clip, vae=vae, images=images, neurons=neurons, nmap=nmap, report=report,
+                    m2=m2, c2=c2, mem=mem, loss=loss, before=before)
+
+    return run

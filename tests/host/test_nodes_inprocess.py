@@ -6,9 +6,7 @@ import torch
 
 pytest.importorskip("comfy_api")
 
-
-def _kv_state(model):
-    return {k: v.clone() for k, v in model.model.state_dict().items() if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))}
+KV = ("attn2.to_k.weight", "attn2.to_v.weight")
 
 
 def run(node, **kw):
@@ -17,21 +15,8 @@ def run(node, **kw):
 
 
 @pytest.fixture(scope="module")
-def trained(loaded, tmp_path_factory):
-    from continual_concepts.nodes.select_node import SelectConceptNeurons
-    from continual_concepts.nodes.train_node import ContinualTrainStep
-
-    model, clip, vae = loaded
-    before = _kv_state(model)
-    images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
-    neurons, nmap, report = run(SelectConceptNeurons, model=model, clip=clip, vae=vae, images=images,
-                                prompt="a photo of sks", trigger="sks", budget_pct=0.5, calibration_prompts=2,
-                                general_scoring="taylor", seed=0)
-    m2, c2, mem, loss = run(ContinualTrainStep, model=model, clip=clip, vae=vae, images=images, neurons=neurons,
-                            prompt="a photo of sks", trigger="sks", name="a", steps=3, lr=1e-2, lam_prev=1.0,
-                            lam_base=0.1, lam_ewc=1.0, lam_dsc=1.0, dc_every=2, seed=0)
-    return dict(model=model, clip=clip, vae=vae, images=images, neurons=neurons, nmap=nmap, report=report,
-                m2=m2, c2=c2, mem=mem, loss=loss, before=before)
+def trained(loaded, teach):
+    return teach(*loaded, budget_pct=0.5)
 
 
 def test_select_reports_and_pictures(trained):
@@ -55,7 +40,7 @@ def test_train_returns_patched_clones_and_leaves_input_untouched(trained):
     import comfy.model_management as mm
 
     mm.load_models_gpu([model])  # the input model, loaded again, still has its original weights
-    after = _kv_state(model)
+    after = {k: v for k, v in model.model.state_dict().items() if k.endswith(KV)}
     assert all(torch.equal(trained["before"][k], after[k]) for k in after)
     assert trained["loss"].shape[-1] == 3 and len(trained["mem"].concepts) == 1
 
@@ -76,7 +61,7 @@ def test_train_learns_the_trigger_token_into_the_clip_output(trained):
     assert not torch.allclose(token, base[tid].float()), "the token did not move"
     before = _encode(trained["clip"], "a photo of sks")
     after = _encode(trained["c2"], "a photo of sks")
-    with_override = _encode(trained["clip"], "a photo of sks", {tid: token})
+    with_override = _encode(trained["clip"], "a photo of sks", {"l": {tid: token}})
     moved, err = (after - before).abs().max(), (after - with_override).abs().max()
     assert err < 0.01 * moved, (err, moved)  # equal up to the patch's rounding into the stored weight dtype
     assert torch.equal(_encode(trained["clip"], "a photo of sks"), before), "input CLIP changed"
@@ -111,7 +96,7 @@ def test_probe_json_and_predicted(trained):
     assert all(abs(sum(p) - 1) < 1e-4 for p in data["probs"]) and len(pred.splitlines()) == 2
 
 
-def test_merge_writes_loadable_checkpoint_with_only_selected_rows_changed(trained, tmp_path):
+def test_merge_writes_loadable_checkpoint_with_only_selected_rows_changed(trained, tmp_path, lora_kv):
     import comfy.sd
     import folder_paths
     from safetensors.torch import load_file
@@ -131,8 +116,10 @@ def test_merge_writes_loadable_checkpoint_with_only_selected_rows_changed(traine
     m, c, v, _ = comfy.sd.load_checkpoint_guess_config(path)
     assert type(m.model.model_config).__name__ == "SD15"
     stem = path[: -len(".safetensors")]
-    lora = load_file(f"{stem}.a.lora.safetensors")
-    assert any(k.startswith("lora_unet_") and k.endswith("lora_up.weight") for k in lora)
+    applied = lora_kv(trained["model"], load_file(f"{stem}.a.lora.safetensors"))  # as the stock LoraLoader does
+    for k, v in applied.items():
+        assert torch.allclose(v, sd["model." + k].float(), atol=2e-3), k
+    assert any(not torch.equal(applied[k], v.float()) for k, v in trained["before"].items())
     token = trained["mem"].concepts[0].token
     tid = trained["clip"].tokenize("sks")["l"][0][1][0]
     emb = sd["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"]
@@ -144,8 +131,23 @@ def test_merge_writes_loadable_checkpoint_with_only_selected_rows_changed(traine
         atomic_write(path, lambda tmp: None)
 
 
+def tiny_sd3():
+    """ComfyUI's real SD3 (MMDiT) model class at toy size: a DiT family we refuse."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cfg = comfy.supported_models.SD3(dict(
+        in_channels=16, out_channels=16, patch_size=2, depth=2, adm_in_channels=2048, pos_embed_max_size=32,
+        num_patches=1024, context_embedder_config={"target": "torch.nn.Linear",
+                                                   "params": {"in_features": 4096, "out_features": 128}}))
+    cfg.set_inference_dtype(torch.float32, None)
+    return comfy.model_patcher.ModelPatcher(cfg.get_model({}), load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
 @pytest.mark.parametrize("case", ["empty_images", "zero_steps", "corrupt_memory", "empty_candidates", "bad_trigger",
-                                  "prefix_escape"])
+                                  "prefix_escape", "unsupported_model", "inpainting_model"])
 def test_bad_input_gives_one_clear_error(trained, case, tmp_path):
     from continual_concepts.core.memory import ContinualMemory
     from continual_concepts.nodes.merge_node import MergeIntoCheckpoint
@@ -180,4 +182,19 @@ def test_bad_input_gives_one_clear_error(trained, case, tmp_path):
         with pytest.raises(ValueError, match="filename_prefix"):
             run(MergeIntoCheckpoint, model=t["m2"], clip=t["c2"], vae=t["vae"], memory=t["mem"],
                 filename_prefix="../../escape")
+    elif case == "unsupported_model":
+        from continual_concepts.nodes.select_node import SelectConceptNeurons
+
+        with pytest.raises(ValueError, match=r"SD3 .* DiT families"):
+            run(SelectConceptNeurons, **{**common, "model": tiny_sd3()}, images=t["images"], prompt="a photo of sks",
+                trigger="sks", budget_pct=0.5, calibration_prompts=2, general_scoring="activation", seed=0)
+    elif case == "inpainting_model":
+        from continual_concepts.bench.comfy_slim_sdxl import build_slim_sdxl
+        from continual_concepts.nodes.select_node import SelectConceptNeurons
+
+        inpaint, clip = build_slim_sdxl()
+        inpaint.model.set_inpaint()
+        with pytest.raises(ValueError, match=r"SDXL: .*mask, masked_image"):
+            run(SelectConceptNeurons, model=inpaint, clip=clip, vae=t["vae"], images=t["images"], prompt="a photo of sks",
+                trigger="sks", budget_pct=0.5, calibration_prompts=2, general_scoring="activation", seed=0)
     assert not t["model"].patches
