@@ -20,20 +20,29 @@ def image(array) -> torch.Tensor:
 
 @contextmanager
 def training_backend(model, clip, vae):
-    """A backend over *clones* of MODEL and CLIP, with gradients possible (inference mode off)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        b = ComfyBackend(model.clone(), clip.clone() if clip is not None else None, vae)
-        b.prepare_for_training()
-        yield b
+    """A backend over *clones* of MODEL and CLIP, with gradients possible (inference mode off); on exit, even
+    after Cancel, ComfyUI's allocator cache is released (training leaves large activations behind)."""
+    import comfy.model_management as mm
+
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            b = ComfyBackend(model.clone(), clip.clone() if clip is not None else None, vae)
+            b.prepare_for_training()
+            yield b
+    finally:
+        mm.soft_empty_cache()
 
 
 def progress(total: int):
-    """ProgressBar callback for core: UI progress with the loss as text; Cancel raises from update()."""
+    """ProgressBar callback for core: UI progress with the loss as text. Cancel raises here, after every step
+    (ComfyUI's server hook also raises from update(); asking directly makes it hold without that hook)."""
+    import comfy.model_management as mm
     import comfy.utils
 
     bar = comfy.utils.ProgressBar(total)
 
     def cb(step, total_, terms):
+        mm.throw_exception_if_processing_interrupted()
         bar.update_absolute(step, total_)
         try:
             from server import PromptServer

@@ -45,6 +45,28 @@ def test_train_returns_patched_clones_and_leaves_input_untouched(trained):
     assert trained["loss"].shape[-1] == 3 and len(trained["mem"].concepts) == 1
 
 
+def test_cancel_stops_after_one_step_and_leaves_nothing_applied(trained):
+    """Cancel (ComfyUI's interrupt flag) raises from the first step's progress update; no hook stays on the
+    shared modules, the inputs carry no patches and a second run is unaffected."""
+    import comfy.model_management as mm
+
+    from continual_concepts.nodes.train_node import ContinualTrainStep
+
+    t = trained
+    kw = dict(model=t["model"], clip=t["clip"], vae=t["vae"], images=t["images"], neurons=t["neurons"],
+              prompt="a photo of sks", trigger="sks", name="c", steps=10_000, lr=1e-2, lam_prev=0, lam_base=0,
+              lam_ewc=0, lam_dsc=0, dc_every=1, seed=0)
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        run(ContinualTrainStep, **kw)
+    assert not mm.processing_interrupted(), "the interrupt was not consumed"
+    dm = t["model"].model.diffusion_model
+    assert not any(m._forward_hooks for n, m in dm.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v")))
+    assert not t["model"].patches and not t["clip"].patcher.patches
+    m2 = run(ContinualTrainStep, **{**kw, "steps": 1})[0]
+    assert m2.patches
+
+
 def _encode(clip, text, tokens=None):
     from continual_concepts.core.backends.comfy_backend import override_tokens
 
