@@ -10,5 +10,5 @@ def test_train_bench_compares_with_trainloranode_small_cpu():
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["model_type"] == "SD15" and out["selected_rows"] > 0
-    for k in ("select_s", "ours_it_s", "trainloranode_it_s", "ours_vs_trainloranode"):
+    for k in ("select_s", "ours_it_s", "ours_rows_only_it_s", "trainloranode_it_s", "ours_vs_trainloranode"):
         assert out[k] > 0, k
