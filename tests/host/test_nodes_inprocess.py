@@ -67,6 +67,31 @@ def test_cancel_stops_after_one_step_and_leaves_nothing_applied(trained):
     assert m2.patches
 
 
+def test_comfyui_own_dataset_loader_feeds_our_nodes(trained, tmp_path):
+    """ComfyUI 0.3.64's 'Load Image Dataset from Folder' (comfy_extras/nodes_train.py, experimental) reads
+    subfolders of input/; its IMAGE batch goes straight into our nodes."""
+    import folder_paths
+    import numpy as np
+    from comfy_extras.nodes_train import LoadImageSetFromFolderNode
+    from PIL import Image
+
+    from continual_concepts.nodes.probe_node import DCScoreProbe
+
+    (tmp_path / "concept").mkdir()
+    for i in range(2):
+        rgb = (np.random.default_rng(i).random((64, 64, 3)) * 255).astype("uint8")
+        Image.fromarray(rgb).save(tmp_path / "concept" / f"{i}.png")
+    before = folder_paths.get_input_directory()
+    folder_paths.set_input_directory(str(tmp_path))
+    try:
+        (images,) = LoadImageSetFromFolderNode().load_images("concept", "None")
+    finally:
+        folder_paths.set_input_directory(before)
+    js, _, pred = run(DCScoreProbe, model=trained["m2"], clip=trained["c2"], vae=trained["vae"], images=images,
+                      prompts="a dog", timesteps=2, seed=0, memory=trained["mem"])
+    assert images.shape == (2, 64, 64, 3) and len(json.loads(js)["probs"]) == 2 and len(pred.splitlines()) == 2
+
+
 def _encode(clip, text, tokens=None):
     from continual_concepts.core.backends.comfy_backend import override_tokens
 
