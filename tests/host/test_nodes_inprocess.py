@@ -236,7 +236,7 @@ def test_bad_input_gives_one_clear_error(trained, case, tmp_path):
             run(SelectConceptNeurons, **{**common, "model": tiny_sd3()}, images=t["images"], prompt="a photo of sks",
                 trigger="sks", budget_pct=0.5, calibration_prompts=2, general_scoring="activation", seed=0)
     elif case == "inpainting_model":
-        from continual_concepts.bench.comfy_slim_sdxl import build_slim_sdxl
+        from continual_concepts.bench.comfy_slim_models import build_slim_sdxl
         from continual_concepts.nodes.select_node import SelectConceptNeurons
 
         inpaint, clip = build_slim_sdxl()

@@ -1,5 +1,5 @@
 """SDXL family: the nodes on ComfyUI's real SDXL model class and SDXL CLIP (clip_l + clip_g, pooled/ADM
-conditioning), built at slim size in memory (bench/comfy_slim_sdxl.py says why not from a checkpoint)."""
+conditioning), built at slim size in memory (bench/comfy_slim_models.py says why not from a checkpoint)."""
 import json
 
 import pytest
@@ -19,7 +19,7 @@ def run(node, **kw):
 
 @pytest.fixture(scope="module")
 def sdxl(loaded, teach):
-    from continual_concepts.bench.comfy_slim_sdxl import build_slim_sdxl
+    from continual_concepts.bench.comfy_slim_models import build_slim_sdxl
 
     with torch.inference_mode():
         model, clip = build_slim_sdxl()
