@@ -21,15 +21,19 @@ def image(array) -> torch.Tensor:
 @contextmanager
 def training_backend(model, clip, vae):
     """A backend over *clones* of MODEL and CLIP, with gradients possible (inference mode off); on exit, even
-    after Cancel, ComfyUI's allocator cache is released (training leaves large activations behind)."""
+    after Cancel or an error, the shared modules are left as they were and ComfyUI's allocator cache is released
+    (training leaves large activations behind)."""
     import comfy.model_management as mm
 
+    b = None
     try:
         with torch.inference_mode(False), torch.enable_grad():
             b = ComfyBackend(model.clone(), clip.clone() if clip is not None else None, vae)
             b.prepare_for_training()
             yield b
     finally:
+        if b is not None:
+            b.close()
         mm.soft_empty_cache()
 
 

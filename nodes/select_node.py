@@ -18,7 +18,7 @@ class SelectConceptNeurons(io.ComfyNode):
             node_id="ContinualConcepts_SelectConceptNeurons", display_name="Select Concept Neurons", category=CATEGORY,
             description="Find the cross-attention K/V rows that respond to the concept but not to generic prompts (CNS).",
             inputs=[
-                io.Model.Input("model", tooltip="The model to personalise (SD1.x / SD2.x)."),
+                io.Model.Input("model", tooltip="The model to personalise (SD1.x / SD2.x / SDXL)."),
                 io.Clip.Input("clip", tooltip="Its text encoder."),
                 io.Vae.Input("vae", tooltip="Its VAE, to encode the concept images."),
                 io.Image.Input("images", tooltip="A few images of the concept (one batch, same size)."),
@@ -29,6 +29,8 @@ class SelectConceptNeurons(io.ComfyNode):
                 io.Combo.Input("general_scoring", options=["taylor", "activation"], tooltip="taylor: gradients on your images with generic prompts; activation: text only, faster."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Seed for timesteps, noise and the prompt sample."),
+                io.Int.Input("batch_size", default=4, min=1, max=64,
+                             tooltip="Images per forward/backward pass while scoring (lower = less memory)."),
                 Memory.Input("memory", optional=True, tooltip="Continual memory, to report overlap with earlier concepts."),
             ],
             outputs=[Neurons.Output(display_name="neurons"), io.Image.Output(display_name="neuron_map"),
@@ -37,9 +39,10 @@ class SelectConceptNeurons(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, images, prompt, trigger, budget_pct, calibration_prompts, general_scoring,
-                seed, memory=None) -> io.NodeOutput:
+                seed, batch_size=4, memory=None) -> io.NodeOutput:
         images = check_image_batch(images)
-        cfg = SelectConfig(budget_pct=budget_pct, n_calibration=calibration_prompts, general_scoring=general_scoring, seed=seed)
+        cfg = SelectConfig(budget_pct=budget_pct, n_calibration=calibration_prompts, general_scoring=general_scoring, seed=seed,
+                           batch_size=batch_size)
         with training_backend(model, clip, vae) as b:
             b.trigger_token_id(trigger)
             if trigger not in prompt.split():

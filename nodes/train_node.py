@@ -44,6 +44,10 @@ class ContinualTrainStep(io.ComfyNode):
                              tooltip="Seed: same seed, same result on CPU."),
                 io.Boolean.Input("train_token", default=True,
                                  tooltip="Also learn the trigger word's embedding (the CLIP output carries it)."),
+                io.Int.Input("batch_size", default=4, min=1, max=64,
+                             tooltip="Images per step (lower = less memory)."),
+                io.Boolean.Input("gradient_checkpointing", default=False,
+                                 tooltip="Recompute UNet blocks in the backward pass: less memory, slower (their forward runs twice)."),
                 Memory.Input("memory", optional=True, tooltip="Continual memory from earlier concepts (none: first concept)."),
                 io.String.Input("generic_prompt", default="a photo", tooltip="DC candidate standing for what the model drew before."),
             ],
@@ -53,10 +57,12 @@ class ContinualTrainStep(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, images, neurons, prompt, trigger, name, steps, lr, lam_prev, lam_base, lam_ewc,
-                lam_dsc, dc_every, seed, train_token=True, memory=None, generic_prompt="a photo") -> io.NodeOutput:
+                lam_dsc, dc_every, seed, train_token=True, batch_size=4,
+                gradient_checkpointing=False, memory=None, generic_prompt="a photo") -> io.NodeOutput:
         images = check_image_batch(images)
         cfg = TrainConfig(steps=steps, lr=lr, lam_prev=lam_prev, lam_base=lam_base, lam_ewc=lam_ewc, lam_dsc=lam_dsc,
-                          dc_every=dc_every, train_token=train_token, seed=seed)
+                          dc_every=dc_every, train_token=train_token, seed=seed,
+                          batch_size=batch_size, gradient_checkpointing=gradient_checkpointing)
         cfg.validate()
         with training_backend(model, clip, vae) as b:
             b.trigger_token_id(trigger)

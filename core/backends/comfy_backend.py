@@ -89,6 +89,7 @@ class ComfyBackend(Backend):
         sig = model.model.model_sampling.sigmas.float()
         self._abar = (1.0 / (1.0 + sig**2)).to(self.device)
         self._hooks: dict[str, object] = {}
+        self._patched_forward: list[torch.nn.Module] = []
         self._pooled_width: int | None = None
 
     # ------------------------------------------------------------------ weights
@@ -122,6 +123,25 @@ class ComfyBackend(Backend):
         h = self._hooks.pop(layer, None)
         if h is not None:
             h.remove()
+
+    def enable_gradient_checkpointing(self):
+        """Recompute each top-level UNet block in the backward pass (as ComfyUI's TrainLoraNode does): less
+        activation memory for more time. The blocks are shared with the input MODEL, so close() undoes it."""
+        from torch.utils.checkpoint import checkpoint
+
+        blocks = [*self.dm.input_blocks, self.dm.middle_block, *self.dm.output_blocks]
+        for block in blocks:
+            if "forward" not in vars(block):
+                block.forward = lambda *a, _f=block.forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
+                self._patched_forward.append(block)
+
+    def close(self):
+        """Leave the shared modules as they were: no row-delta hooks, no checkpointing wrappers."""
+        for layer in list(self._hooks):
+            self.clear_row_delta(layer)
+        for block in self._patched_forward:
+            del block.forward
+        self._patched_forward.clear()
 
     def bake_rows(self, layer, rows, delta):
         raise NotImplementedError("ComfyUI models are shared between nodes: return patches, never bake")

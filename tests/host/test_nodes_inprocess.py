@@ -67,6 +67,30 @@ def test_cancel_stops_after_one_step_and_leaves_nothing_applied(trained):
     assert m2.patches
 
 
+def test_gradient_checkpointing_gives_the_same_concept_and_is_undone(trained):
+    """Checkpointing wraps the shared UNet blocks only while training; the learned rows and token are the same."""
+    from continual_concepts.nodes.train_node import ContinualTrainStep
+
+    t = trained
+    kw = dict(model=t["model"], clip=t["clip"], vae=t["vae"], images=t["images"], neurons=t["neurons"],
+              prompt="a photo of sks", trigger="sks", name="c", steps=2, lr=1e-2, lam_prev=1.0, lam_base=0.1,
+              lam_ewc=0, lam_dsc=1.0, dc_every=1, seed=0, batch_size=2, memory=t["mem"])
+    plain = run(ContinualTrainStep, **kw)[2].concepts[-1]
+    ckpt = run(ContinualTrainStep, **kw, gradient_checkpointing=True)[2].concepts[-1]
+    for layer, d in plain.delta.items():
+        assert torch.allclose(d, ckpt.delta[layer], atol=1e-6), layer
+    assert torch.allclose(plain.token, ckpt.token, atol=1e-6) and plain.delta
+    dm = t["model"].model.diffusion_model
+    blocks = [*dm.input_blocks, dm.middle_block, *dm.output_blocks]
+    assert not any("forward" in vars(b) for b in blocks)
+    from continual_concepts.nodes.common import training_backend
+
+    with training_backend(t["model"], t["clip"], t["vae"]) as b:
+        b.enable_gradient_checkpointing()
+        assert all("forward" in vars(blk) for blk in blocks)  # what the training above ran with
+    assert not any("forward" in vars(blk) for blk in blocks)
+
+
 def test_comfyui_own_dataset_loader_feeds_our_nodes(trained, tmp_path):
     """ComfyUI 0.3.64's 'Load Image Dataset from Folder' (comfy_extras/nodes_train.py, experimental) reads
     subfolders of input/; its IMAGE batch goes straight into our nodes."""
