@@ -84,6 +84,13 @@ def test_every_node_type_is_registered(server):
         data = json.loads(wf.read_text())
         types = {n["type"] for n in data["nodes"]} if "nodes" in data else {n["class_type"] for n in data.values()}
         assert types <= set(info), f"{wf.name}: missing {types - set(info)}"
+    ours = {k: v for k, v in info.items() if k.startswith("ContinualConcepts_")}
+    assert len(ours) >= 7
+    for k, spec in ours.items():  # what the frontend shows: a description and a tooltip on every input
+        assert spec["description"] and spec["category"] == "continual_concepts", k
+        for group in ("required", "optional"):
+            for name, (_, *opts) in spec["input"].get(group, {}).items():
+                assert opts and opts[0].get("tooltip"), f"{k}.{name} has no tooltip"
 
 
 @pytest.mark.parametrize("name", ["probe_only", "one_concept", "three_concepts_chained"])
