@@ -1,4 +1,4 @@
-"""SDXL- and SD2-family MODEL + CLIP pairs with random weights, built in memory from ComfyUI's own classes.
+"""SDXL- (base and refiner) and SD2-family MODEL + CLIP pairs with random weights, built in memory from ComfyUI's own classes.
 
 ComfyUI recognises these families' *checkpoints* only at full size (the SDXL UNet alone has 2.6 B parameters),
 too big for CPU tests, so this builds the model configs directly: ComfyUI's model class for the family (SDXL:
@@ -40,6 +40,14 @@ def build_slim_sdxl(seed: int = 0):
 
     return _build(comfy.supported_models.SDXL, dict(context_dim=2048, adm_in_channels=2816, num_classes="sequential"),
                   ["clip_l", "clip_g"], seed=seed)
+
+
+def build_slim_sdxl_refiner(seed: int = 0):
+    """(MODEL, CLIP) like the SDXL refiner (clip_g only, ADM with an aesthetic score), at slim size."""
+    import comfy.supported_models
+
+    return _build(comfy.supported_models.SDXLRefiner, dict(context_dim=1280, adm_in_channels=2560,
+                                                          num_classes="sequential"), ["clip_g"], seed=seed)
 
 
 def build_slim_sd21_v(seed: int = 0):

@@ -1,5 +1,6 @@
 """Every supported family on ComfyUI's real classes: the backend's eps equals the textbook conversion of the raw
-UNet output (EPS and v-prediction), and SD2.x (OpenCLIP-H text encoder, v-prediction) learns like SD1.5."""
+UNet output (EPS and v-prediction), and SD2.x (OpenCLIP-H, v-prediction) and the SDXL refiner (clip_g only,
+aesthetic-score ADM) learn like SD1.5 (SDXL base: test_sdxl.py)."""
 import pytest
 import torch
 
@@ -7,16 +8,16 @@ pytest.importorskip("comfy_api")
 
 
 def _family(name, loaded):
-    from continual_concepts.bench.comfy_slim_models import build_slim_sd21_v, build_slim_sdxl
+    from continual_concepts.bench import comfy_slim_models as slim
 
     if name == "sd15":
         return loaded
     with torch.inference_mode():
-        model, clip = build_slim_sdxl() if name == "sdxl" else build_slim_sd21_v()
+        model, clip = getattr(slim, f"build_slim_{name}")()
     return model, clip, loaded[2]
 
 
-@pytest.mark.parametrize("name", ["sd15", "sd21_v", "sdxl"])
+@pytest.mark.parametrize("name", ["sd15", "sd21_v", "sdxl", "sdxl_refiner"])
 def test_predict_eps_matches_the_raw_unet(name, loaded):
     """x_t = sqrt(abar) x0 + sqrt(1 - abar) eps. An EPS UNet fed x_t and t returns eps; a v UNet returns
     v = sqrt(abar) eps - sqrt(1 - abar) x0, so eps = sqrt(abar) v + sqrt(1 - abar) x_t. The backend goes through
@@ -50,10 +51,11 @@ def test_predict_eps_matches_the_raw_unet(name, loaded):
     assert err < 1e-3, f"{name}: relative error {err:.2e}"
 
 
-def test_sd2_family_learns_rows_and_the_clip_h_token(loaded, teach):
-    m, clip, vae = _family("sd21_v", loaded)
+@pytest.mark.parametrize("name,encoders,width", [("sd21_v", ["clip_h"], 1024), ("sdxl_refiner", ["clip_g"], 1280)])
+def test_single_encoder_families_learn_rows_and_their_token(name, encoders, width, loaded, teach):
+    m, clip, vae = _family(name, loaded)
     out = teach(m, clip, vae, budget_pct=1.0)
     assert out["m2"].patches and all(k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")) for k in out["m2"].patches)
-    assert out["mem"].concepts[0].token.shape == (1024,)
-    assert [k.split(".")[0] for k in out["c2"].patcher.patches] == ["clip_h"]
+    assert out["mem"].concepts[0].token.shape == (width,)
+    assert [k.split(".")[0] for k in out["c2"].patcher.patches] == encoders
     assert not m.patches and not clip.patcher.patches
