@@ -91,6 +91,7 @@ class ComfyBackend(Backend):
         self._hooks: dict[str, object] = {}
         self._patched_forward: list[torch.nn.Module] = []
         self._pooled_width: int | None = None
+        self._size_cache: dict[tuple[int, int], torch.Tensor] = {}
 
     # ------------------------------------------------------------------ weights
     def prepare_for_training(self) -> int:
@@ -227,6 +228,17 @@ class ComfyBackend(Backend):
     def text_context(self, context):
         return context[:, : context.shape[1] - self._n_packed(context)] if self._adm else context
 
+    def _size_embedding(self, h: int, w: int) -> torch.Tensor:
+        """The part of ComfyUI's ADM vector after the pooled text (SDXL: size/crop embeddings; refiner: + aesthetic
+        score) for ComfyUI's default size conditioning (latent size x 8, no crop). It depends only on the size, and
+        encode_adm builds it on the CPU, so it is made once per size rather than at every step (a device sync)."""
+        cache = self._size_cache
+        if (h, w) not in cache:
+            y = self.mp.model.encode_adm(pooled_output=torch.zeros(1, self._pooled_width), width=w * 8, height=h * 8,
+                                         device=self.device)
+            cache[h, w] = y[:, self._pooled_width:].to(self.device)
+        return cache[h, w]
+
     # ------------------------------------------------------------------ images and noise
     def encode_images(self, images):
         if self.vae is None:
@@ -251,8 +263,8 @@ class ComfyBackend(Backend):
         if self._adm:
             text = self.text_context(context)
             pooled = context[:, text.shape[1]:].flatten(1)[:, : self._pooled_width]
-            H, W = x.shape[-2:]  # ComfyUI's default size conditioning: the latent size x 8, no crop
-            extra["y"] = self.mp.model.encode_adm(pooled_output=pooled, width=W * 8, height=H * 8, device=self.device)
+            size = self._size_embedding(*x.shape[-2:]).to(pooled)
+            extra["y"] = torch.cat([pooled, size.expand(len(pooled), -1)], 1)
             context = text
         x0 = self.mp.model.apply_model(x, sigma.flatten(), c_crossattn=context, **extra)
         return (x - x0) / sigma
