@@ -200,7 +200,12 @@ def cmd_sequence(a):
             if key not in c:
                 raise ValueError(f"config: concept #{i + 1} has no '{key}'")
         images = load_image_folder(path.parent / c["images"], cfg.get("size"))
-        specs.append(ConceptSpec(c.get("name", c["trigger"]), c["trigger"], c["prompt"], images, c.get("eval_prompts", [])))
+        captions = c.get("captions")
+        if captions is not None and (not isinstance(captions, list) or len(captions) != len(images)):
+            raise ValueError(f"config: concept #{i + 1} 'captions' must list one caption per image, in file-name "
+                             f"order ({len(images)} images)")
+        specs.append(ConceptSpec(c.get("name", c["trigger"]), c["trigger"], c["prompt"], images,
+                                 c.get("eval_prompts", []), captions=captions))
     sel = _cfg(SelectConfig, a, "select-", base=cfg.get("select"))
     tr = _cfg(TrainConfig, a, base=cfg.get("train"))
     from .atomic_io import atomic_write_dir

@@ -19,13 +19,18 @@ class ConceptOutcome:
     record: ConceptRecord
 
 
-def merge_result(backend: Backend, memory: ContinualMemory, record: ConceptRecord) -> None:
-    """Bake a trained concept into the backend's weights (fusion-free: the model itself now knows it)."""
-    memory.record_pretrained(backend, record.rows)
+def bake(backend: Backend, record: ConceptRecord) -> None:
+    """Write a concept's row deltas and token into the backend's weights (fusion-free: the model itself knows it)."""
     for n, r in record.rows.items():
         backend.bake_rows(n, r, record.delta[n])
     if record.token is not None:
         backend.set_token_row(record.trigger, record.token)
+
+
+def merge_result(backend: Backend, memory: ContinualMemory, record: ConceptRecord) -> None:
+    """Record a concept trained elsewhere (e.g. a baseline's adapter) in the memory and bake it."""
+    memory.record_pretrained(backend, record.rows)
+    bake(backend, record)
     memory.add_concept(record)
 
 
@@ -35,8 +40,42 @@ def update_fisher(backend: Backend, memory: ContinualMemory, x0: torch.Tensor, c
     with torch.no_grad():
         ctx = backend.encode_text(memory.candidates(), memory.tokens())
     f = dc_fisher(backend, x0, ctx, target=len(memory.concepts), draws=cfg.fisher_draws, seed=cfg.seed,
-                  temperature=cfg.dc_temperature, scale=cfg.dc_scale, at=at)
+                  temperature=cfg.dc_temperature, at=at)
     memory.update_fisher(f, cfg.fisher_gamma)
+
+
+def train_into_memory(
+    backend: Backend,
+    memory: ContinualMemory,
+    x0: torch.Tensor,
+    name: str,
+    trigger: str,
+    prompt: str,
+    rows: dict[str, torch.Tensor],
+    train_cfg: TrainConfig,
+    callback=None,
+    captions: list[str] | None = None,
+    metrics: dict | None = None,
+) -> tuple[TrainResult, ConceptRecord]:
+    """Learn one concept into `memory` without writing the backend's weights: train, record the rows' pretrained
+    values and the concept, and fold its DC Fisher (measured at W + the new deltas). The CLI, the benchmarks and
+    the ComfyUI train node all learn through here; hosts that may write weights then bake (merge_result)."""
+    if any(c.name == name for c in memory.concepts):
+        raise ValueError(f"concept name '{name}' is already in this memory")
+    res = train_concept(backend, x0, captions or prompt, trigger, rows, memory, train_cfg, callback)
+    record = ConceptRecord(
+        name, trigger, prompt,
+        rows={n: r for n, (r, _) in res.deltas.items()},
+        delta={n: d for n, (_, d) in res.deltas.items()},
+        token=res.token,
+        config={"train": res.config},
+        metrics={**(metrics or {}), "seconds": res.seconds, "final_loss": res.history[-1]["diff"]},
+    )
+    memory.record_pretrained(backend, record.rows)
+    memory.add_concept(record)
+    if train_cfg.lam_ewc > 0:
+        update_fisher(backend, memory, x0, train_cfg, at=res.deltas)
+    return res, record
 
 
 def learn_concept(
@@ -51,26 +90,24 @@ def learn_concept(
     calibration_prompts: list[str] | None = None,
     callback=None,
     rows: dict[str, torch.Tensor] | None = None,
+    captions: list[str] | None = None,
 ) -> ConceptOutcome:
-    """The whole continual step on a host-agnostic backend; `rows` skips selection (e.g. dense baselines)."""
+    """The whole continual step on a host-agnostic backend that may write its weights: select, train into the
+    memory, bake. `rows` skips selection (e.g. dense baselines).
+
+    prompt is the concept's prompt (kept in the memory: the DC candidate and what a user types); captions, one per
+    image, optionally replace it for selection and training (e.g. each naming its image's background)."""
     train_cfg = train_cfg or TrainConfig()
     select_cfg = select_cfg or SelectConfig()
     backend.trigger_token_id(trigger)  # validate before any work
     x0 = backend.encode_images(images)
     if rows is None:
-        sel = select_concept_neurons(backend, x0, prompt, select_cfg, calibration_prompts, memory.prev_rows())
+        sel = select_concept_neurons(backend, x0, captions or prompt, select_cfg, calibration_prompts,
+                                     memory.prev_rows())
     else:
         sel = NeuronSelection(rows, report={"selected_rows": sum(len(r) for r in rows.values()), "given": True})
-    res = train_concept(backend, x0, prompt, trigger, sel.rows, memory, train_cfg, callback)
-    record = ConceptRecord(
-        name, trigger, prompt,
-        rows={n: r for n, (r, _) in res.deltas.items()},
-        delta={n: d for n, (_, d) in res.deltas.items()},
-        token=res.token,
-        config={"select": asdict(select_cfg), "train": res.config},
-        metrics={"selected_rows": sel.n_rows, "seconds": res.seconds, "final_loss": res.history[-1]["diff"]},
-    )
-    merge_result(backend, memory, record)
-    if train_cfg.lam_ewc > 0:
-        update_fisher(backend, memory, x0, train_cfg)
+    res, record = train_into_memory(backend, memory, x0, name, trigger, prompt, sel.rows, train_cfg, callback,
+                                    captions, metrics={"selected_rows": sel.n_rows})
+    record.config["select"] = asdict(select_cfg)
+    bake(backend, record)
     return ConceptOutcome(sel, res, record)

@@ -2,8 +2,12 @@
 
 err[i,k] = mean over n evenly spaced timesteps (and over latent elements) of ||eps - eps_theta(x_t, c_k)||^2,
 with one eps per (image, timestep) shared by every candidate, and all candidates of one x_t in one UNet call.
-P(c_k|x_i) = softmax_k(-err[i,k] * scale / T); scale defaults to the number of latent elements, i.e. the
-per-image sum of squares of Li et al. (2023) [assumption: neither paper states a temperature].
+P(c_k|x_i) = softmax_k(-err[i,k] / T), err a per-element mean [assumption: neither paper states a temperature].
+Li et al. (2023) classify with the per-image *sum* of squares (T = 1 / number of latent elements): right for an
+argmax, but as a probability it saturates as the latent grows (68 % of single draws gave p > 0.99 on the
+8x8x4 toy latent; one-hot at SD1.5's 16,384 or SDXL's 65,536 elements), which leaves the DC Fisher and the DSC
+KL without gradient. A per-element error with a fixed T keeps P's entropy independent of the latent size;
+DEFAULT_TEMPERATURE was chosen from the error gaps measured on the toy model (see bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from .backends.base import Backend
+from .denoise import denoise_error
+
+DEFAULT_TEMPERATURE = 0.01
 
 
 def even_timesteps(T: int, n: int) -> torch.Tensor:
@@ -43,16 +50,18 @@ def dc_errors(
     out = []
     for s in range(0, len(ii), max_batch):
         i, j, k = ii[s : s + max_batch], jj[s : s + max_batch], kk[s : s + max_batch]
-        t = timesteps[j].to(backend.device)
-        eps = noise[i, j]
-        pred = backend.noise_and_predict_eps(x0[i], t, eps, contexts[cand[k]])
-        out.append((pred.float() - eps.float()).pow(2).flatten(1).mean(1))
+        out.append(denoise_error(backend, x0[i], timesteps[j].to(backend.device), noise[i, j], contexts[cand[k]]))
     return torch.cat(out).view(N, n_t, K).transpose(1, 2)
 
 
-def dc_logits(err: torch.Tensor, n_elements: int, temperature: float = 1.0, scale: float | None = None):
-    """err [N, K] (mean over timesteps) -> logits; softmax of these is P(c|x)."""
-    return -err * (n_elements if scale is None else scale) / temperature
+def dc_logits(err: torch.Tensor, temperature: float = DEFAULT_TEMPERATURE) -> torch.Tensor:
+    """err [N, K] per-element mean errors -> logits; softmax of these is P(c|x)."""
+    return -err / temperature
+
+
+def mean_entropy(probs: torch.Tensor) -> float:
+    """Mean entropy of P(c|x) [N, K] in nats (0: one-hot, log K: uniform): how far from saturation P is."""
+    return float(-(probs * probs.clamp_min(1e-30).log()).sum(1).mean())
 
 
 @dataclass
@@ -71,8 +80,7 @@ def dc_scores(
     contexts: torch.Tensor,
     n_timesteps: int = 16,
     seed: int = 0,
-    temperature: float = 1.0,
-    scale: float | None = None,
+    temperature: float = DEFAULT_TEMPERATURE,
     max_batch: int = 64,
     halving: list[tuple[int, int]] | None = None,
 ) -> DCResult:
@@ -85,7 +93,6 @@ def dc_scores(
     N, K = x0.shape[0], contexts.shape[0]
     ts = even_timesteps(backend.num_timesteps, n_timesteps)
     noise = shared_noise(x0, n_timesteps, seed)
-    n_el = x0[0].numel()
     if not halving:
         raw = dc_errors(backend, x0, contexts, ts, noise, max_batch)
     else:
@@ -108,5 +115,5 @@ def dc_scores(
         evaluated = ~raw.isnan()
         full = evaluated.sum(2) == evaluated.sum(2).max(1, keepdim=True).values
         err = torch.where(full, err, torch.full_like(err, float("inf")))
-    probs = torch.softmax(dc_logits(err, n_el, temperature, scale), dim=1)
+    probs = torch.softmax(dc_logits(err, temperature), dim=1)
     return DCResult(err, raw, probs, err.argmin(1), ts)

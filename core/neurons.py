@@ -16,6 +16,7 @@ from importlib import resources
 import torch
 
 from .backends.base import Backend
+from .denoise import denoise_error, draw_t_eps
 from .row_delta import RowDeltas, all_rows, kv_in_dim
 
 
@@ -48,21 +49,23 @@ class NeuronSelection:
         return sum(len(r) for r in self.rows.values())
 
 
-def taylor_scores(backend: Backend, x0: torch.Tensor, prompt: str, cfg: SelectConfig, gen: torch.Generator,
-                  tokens: dict | None = None) -> dict[str, torch.Tensor]:
-    """E over draws of |<W_r, grad_r>|; grad_r is read off an all-rows zero delta (same value as dL/dW)."""
+def taylor_scores(backend: Backend, x0: torch.Tensor, prompt: str | list[str], cfg: SelectConfig,
+                  gen: torch.Generator, tokens: dict | None = None) -> dict[str, torch.Tensor]:
+    """E over draws of |<W_r, grad_r>|; grad_r is read off an all-rows zero delta (same value as dL/dW).
+    prompt: one for every image or one caption per image."""
     dense = RowDeltas(all_rows(backend), kv_in_dim(backend), backend.device)
     weights = {l.name: l.weight.detach().float() for l in backend.kv_layers()}
+    prompts = [prompt] * len(x0) if isinstance(prompt, str) else list(prompt)
+    uniq = sorted(set(prompts))
+    which = torch.tensor([uniq.index(p) for p in prompts])
     acc = torch.zeros(len(dense), device=backend.device)
     with dense.applied(backend):
-        ctx = backend.encode_text([prompt], tokens).detach()
+        ctx = backend.encode_text(uniq, tokens).detach()
         for _ in range(cfg.n_draws):
             dense.delta.grad = None
-            for chunk in x0.split(cfg.batch_size):
-                t = torch.randint(0, backend.num_timesteps, (len(chunk),), generator=gen).to(backend.device)
-                eps = torch.randn(chunk.shape, generator=gen).to(chunk)
-                pred = backend.noise_and_predict_eps(chunk, t, eps, ctx.expand(len(chunk), -1, -1))
-                loss = (pred.float() - eps.float()).pow(2).mean() * len(chunk) / len(x0)
+            for chunk, w in zip(x0.split(cfg.batch_size), which.split(cfg.batch_size)):
+                t, eps = draw_t_eps(backend, chunk, gen)
+                loss = denoise_error(backend, chunk, t, eps, ctx[w.to(ctx.device)]).sum() / len(x0)
                 loss.backward()
             g = dense.delta.grad
             acc += torch.cat([(weights[n] * g[dense.offsets[n] : dense.offsets[n] + len(dense.rows[n])]).sum(1)
@@ -95,7 +98,7 @@ def _top_mask(scores: dict[str, torch.Tensor], frac: float) -> dict[str, torch.T
 def select_concept_neurons(
     backend: Backend,
     x0: torch.Tensor,
-    prompt: str,
+    prompt: str | list[str],
     cfg: SelectConfig | None = None,
     calibration_prompts: list[str] | None = None,
     prev_rows: dict[str, torch.Tensor] | None = None,

@@ -29,20 +29,32 @@ class Switchable:
 
 
 class RowDeltas(Switchable, nn.Module):
-    def __init__(self, rows: dict[str, torch.Tensor], in_dim: int, device=None, dtype=torch.float32):
+    """`delta` is the fp32 master copy of the change. With `scale` (layer -> the layer's weight RMS) it is kept in
+    units of that RMS: the change of a row is delta * scale, so Adam's step (~lr per element, whatever the
+    weight's size) and the penalties mean the same relative change on the toy model, SD1.5 and SDXL."""
+
+    def __init__(self, rows: dict[str, torch.Tensor], in_dim: int, device=None, dtype=torch.float32,
+                 scale: dict[str, float] | None = None):
         super().__init__()
         self.names = [n for n in rows if len(rows[n])]
         self.rows = {n: rows[n].to(device=device, dtype=torch.long) for n in self.names}
         sizes = [len(self.rows[n]) for n in self.names]
         self.offsets = dict(zip(self.names, torch.tensor([0] + sizes).cumsum(0).tolist()))
         self.delta = nn.Parameter(torch.zeros(sum(sizes), in_dim, device=device, dtype=dtype))
+        self.scale = {n: float(scale[n]) if scale else 1.0 for n in self.names}
 
     def __len__(self):
         return self.delta.shape[0]
 
     def layer_delta(self, name: str) -> torch.Tensor:
+        """The change of the layer's selected rows, in the weights' own units."""
         o = self.offsets[name]
-        return self.delta[o : o + len(self.rows[name])]
+        d = self.delta[o : o + len(self.rows[name])]
+        return d if self.scale[name] == 1.0 else d * self.scale[name]
+
+    def row_scale(self) -> torch.Tensor:
+        """[n_rows, 1] the scale of every compact row (to express weight-unit offsets in delta units)."""
+        return torch.cat([torch.full((len(self.rows[n]), 1), self.scale[n]) for n in self.names]).to(self.delta)
 
     def _getter(self, name):
         return lambda: self.layer_delta(name) if self.enabled else None
@@ -60,6 +72,11 @@ class RowDeltas(Switchable, nn.Module):
 
     def as_dict(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {n: (self.rows[n].cpu(), self.layer_delta(n).detach().float().cpu()) for n in self.names}
+
+
+def layer_rms(backend: Backend) -> dict[str, float]:
+    """RMS of every K/V weight as it is now: the unit of relative learning rates and penalties."""
+    return {l.name: float(l.weight.detach().float().pow(2).mean().sqrt().clamp_min(1e-12)) for l in backend.kv_layers()}
 
 
 def all_rows(backend: Backend) -> dict[str, torch.Tensor]:

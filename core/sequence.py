@@ -26,7 +26,9 @@ class ConceptSpec:
     trigger: str
     prompt: str
     images: torch.Tensor  # [B,H,W,3] 0..1
-    eval_prompts: list[str] = field(default_factory=list)
+    eval_prompts: list[str] = field(default_factory=list)  # held-out contexts (accuracy that counts)
+    captions: list[str] | None = None  # one per image (its context); None: `prompt` for every image
+    train_prompts: list[str] = field(default_factory=list)  # the training contexts (reported apart)
 
 
 def dc_probe_accuracy(backend: Backend, memory: ContinualMemory, images: list[torch.Tensor],
@@ -59,7 +61,7 @@ def run_sequence(backend: Backend, concepts: list[ConceptSpec], out_dir, select_
     for k, c in enumerate(concepts):
         log(f"[{k + 1}/{len(concepts)}] learning '{c.name}' (trigger '{c.trigger}')")
         o = learn_concept(backend, memory, c.images, c.name, c.trigger, c.prompt, select_cfg, train_cfg,
-                          calibration_prompts, callback=progress)
+                          calibration_prompts, callback=progress, captions=c.captions)
         save_png(out / f"neurons_{c.name}.png", neuron_map(o.record.rows, sizes, f"concept neurons of {c.name}"))
         save_png(out / f"loss_{c.name}.png", loss_curve(o.result.history, f"loss while learning {c.name}"))
         save_concept_delta(out / "deltas" / f"{c.name}.safetensors", o.record)

@@ -1,11 +1,16 @@
 """One continual training step: learn a concept in its selected K/V rows (+ its trigger token).
 
-L = L_diff + lam_prev * sum_{rows seen before} ||W_r - W_r(before)||^2
-           + lam_base * sum_{new rows} ||W_r - W_r(pretrained)||^2
-           + lam_ewc  * sum F_r (W_r - W_r(before))^2          (F normalised to mean 1 [assumption])
-           + lam_dsc  * DSC(x_t) every dc_every steps         (teacher = the model before this concept)
-W_r - W_r(before) is exactly the trainable delta, and the teacher is the same network with the delta
-switched off, so no second model copy is ever made. Every regulariser is exactly off at lambda = 0.
+Every row quantity is in units of its layer's weight RMS (u = delta / rms, see RowDeltas), and every penalty is
+a *mean* over the selected row elements, so it sits on the scale of the (mean) diffusion loss and the same
+lambda means the same thing on the toy model, SD1.5 and SDXL:
+L = L_diff
+  + lam_prev * mean( [row seen by an earlier concept] * u^2 )        stay near the value before this concept
+  + lam_base * mean( (u + (W_before - W_pretrained) / rms)^2 )       stay near the pretrained value (every row)
+  + lam_ewc  * mean( F * u^2 )                                       F: DC Fisher, normalised to mean 1
+  + lam_dsc  * DSC(x_t) every dc_every steps                         teacher = the model before this concept
+u is exactly the trainable delta, and the teacher is the same network with the delta switched off, so no second
+model copy is ever made. Every regulariser is exactly off at lambda = 0. Learning rates are relative too: Adam
+moves each element by about lr per step, i.e. by lr x rms in the weight's units.
 """
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from .backends.base import Backend
-from .dc_scores import dc_logits
+from .dc_scores import DEFAULT_TEMPERATURE, dc_logits
+from .denoise import denoise_error, draw_t_eps
 from .memory import ContinualMemory
-from .row_delta import RowDeltas, kv_in_dim
+from .row_delta import RowDeltas, kv_in_dim, layer_rms
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -29,19 +35,18 @@ class NonFiniteLossError(FloatingPointError):
 @dataclass
 class TrainConfig:
     steps: int = 200
-    lr: float = 2e-3
-    token_lr: float = 5e-3
+    lr: float = 0.002  # relative: a fraction of each K/V layer's weight RMS per Adam step (bench/RESULTS.md)
+    token_lr: float = 0.1  # relative to the trigger embedding's RMS
     batch_size: int = 4
     train_token: bool = True
     lam_prev: float = 1.0
     lam_base: float = 0.1
     lam_ewc: float = 1.0
     lam_dsc: float = 1.0
-    dc_every: int = 5
+    dc_every: int = 1  # DSC every step: its eps-MSE on c0 keeps the unconditional branch CFG extrapolates from
     dsc_batch: int = 1  # DSC distils on this many x_t of the batch (cost grows with it × candidates)
     dc_max_candidates: int = 5  # c0 + up to 4 sampled earlier concepts per DSC step (Jha et al.: k = 5)
-    dc_temperature: float = 1.0
-    dc_scale: float | None = None  # None: number of latent elements (sum of squares, Li et al.)
+    dc_temperature: float = DEFAULT_TEMPERATURE  # on per-element errors (dc_scores)
     fisher_draws: int = 2
     fisher_gamma: float = 0.9
     max_grad_norm: float | None = 1.0
@@ -52,12 +57,14 @@ class TrainConfig:
     def validate(self):
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1 (got {self.steps})")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be positive (got {self.lr})")
+        if self.lr <= 0 or self.token_lr <= 0:
+            raise ValueError(f"lr and token_lr must be positive (got {self.lr}, {self.token_lr})")
         if self.dsc_batch < 1 or self.dc_max_candidates < 2:
             raise ValueError("dsc_batch must be >= 1 and dc_max_candidates >= 2")
         if self.dc_every < 1:
             raise ValueError(f"dc_every must be at least 1 (got {self.dc_every})")
+        if self.dc_temperature <= 0:
+            raise ValueError(f"dc_temperature must be positive (got {self.dc_temperature})")
         for k in ("lam_prev", "lam_base", "lam_ewc", "lam_dsc"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0 (got {getattr(self, k)})")
@@ -75,8 +82,16 @@ class TrainResult:
     optimizer_state_bytes: int = 0
 
 
-def _reg_tensors(backend, deltas: RowDeltas, memory: ContinualMemory | None):
-    """Per compact row: seen by an earlier concept? offset W_before - W_pretrained; Fisher rows (normalised)."""
+@dataclass
+class RowAnchors:
+    """What the row penalties compare against, per compact row, in delta units (see RowDeltas)."""
+
+    in_prev: torch.Tensor  # [R] bool: the row was changed by an earlier concept
+    offset: torch.Tensor  # [R, in] (W_before - W_pretrained) / rms: non-zero only on rows of earlier concepts
+    fisher: torch.Tensor | None  # [R, in] DC Fisher normalised to mean 1 over every K/V row (None: no Fisher yet)
+
+
+def row_anchors(backend, deltas: RowDeltas, memory: ContinualMemory | None) -> RowAnchors:
     weights = {l.name: l.weight for l in backend.kv_layers()}
     prev = memory.prev_rows() if memory else {}
     in_prev, offset, fisher = [], [], []
@@ -88,42 +103,53 @@ def _reg_tensors(backend, deltas: RowDeltas, memory: ContinualMemory | None):
         in_prev.append(torch.isin(rows, prev.get(n, torch.empty(0, dtype=torch.long))))
         cur = weights[n].detach()[rows.to(weights[n].device)].float().cpu()
         pre = memory.pretrained_rows(n, rows, cur) if memory else cur
-        offset.append(cur - pre)
-        if f_mean is not None and n in memory.fisher:
-            fisher.append(memory.fisher[n][rows].float() / f_mean)
-        elif f_mean is not None:
-            fisher.append(torch.zeros_like(cur))
+        offset.append((cur - pre) / deltas.scale[n])
+        if f_mean is not None:
+            fisher.append(memory.fisher[n][rows].float() / f_mean if n in memory.fisher else torch.zeros_like(cur))
     dev = deltas.delta.device
-    return (torch.cat(in_prev).to(dev), torch.cat(offset).to(dev),
-            torch.cat(fisher).to(dev) if fisher else None)
+    return RowAnchors(torch.cat(in_prev).to(dev), torch.cat(offset).to(dev),
+                      torch.cat(fisher).to(dev) if fisher else None)
 
 
-def dsc_loss(backend, deltas: RowDeltas, x0, contexts, gen, cfg: TrainConfig, j: int):
+def row_penalties(u: torch.Tensor, anchors: RowAnchors, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """The CNS and EWC-DC terms for the compact delta u [R, in] (delta units), each a mean over u's elements."""
+    terms = {}
+    if cfg.lam_prev > 0 and bool(anchors.in_prev.any()):
+        terms["prev"] = cfg.lam_prev * (anchors.in_prev[:, None] * u.pow(2)).mean()
+    if cfg.lam_base > 0:
+        terms["base"] = cfg.lam_base * (u + anchors.offset).pow(2).mean()
+    if cfg.lam_ewc > 0 and anchors.fisher is not None:
+        terms["ewc"] = cfg.lam_ewc * (anchors.fisher * u.pow(2)).mean()
+    return terms
+
+
+def dsc_loss(backend, deltas, x0, contexts, gen, cfg: TrainConfig, j: int):
     """KL(P_teacher || P_student) over the DC candidates + eps MSE on candidate j, one shared x_t."""
     B, K = x0.shape[0], contexts.shape[0]
-    t = torch.randint(0, backend.num_timesteps, (B,), generator=gen).to(backend.device)
-    eps = torch.randn(x0.shape, generator=gen).to(x0)
-    xr = x0.repeat_interleave(K, 0)
-    er = eps.repeat_interleave(K, 0)
-    tr = t.repeat_interleave(K, 0)
+    t, eps = draw_t_eps(backend, x0, gen)
+    xr, er, tr = x0.repeat_interleave(K, 0), eps.repeat_interleave(K, 0), t.repeat_interleave(K, 0)
     cr = contexts.repeat(B, 1, 1)
     with torch.no_grad(), deltas.disabled():
-        e_t = backend.noise_and_predict_eps(xr, tr, er, cr).float()
-    e_s = backend.noise_and_predict_eps(xr, tr, er, cr).float()
-    n_el = x0[0].numel()
-    err_t = (e_t - er.float()).pow(2).flatten(1).mean(1).view(B, K)
-    err_s = (e_s - er.float()).pow(2).flatten(1).mean(1).view(B, K)
-    lt = dc_logits(err_t, n_el, cfg.dc_temperature, cfg.dc_scale)
-    ls = dc_logits(err_s, n_el, cfg.dc_temperature, cfg.dc_scale)
+        err_t, e_t = denoise_error(backend, xr, tr, er, cr, return_pred=True)
+    err_s, e_s = denoise_error(backend, xr, tr, er, cr, return_pred=True)
+    lt = dc_logits(err_t.view(B, K), cfg.dc_temperature)
+    ls = dc_logits(err_s.view(B, K), cfg.dc_temperature)
     kl = F.kl_div(ls.log_softmax(1), lt.log_softmax(1), log_target=True, reduction="batchmean")
     mse = (e_s.view(B, K, -1)[:, j] - e_t.view(B, K, -1)[:, j]).pow(2).mean()
     return kl + mse
 
 
+def _per_image_prompts(prompt, n: int) -> list[str]:
+    prompts = [prompt] * n if isinstance(prompt, str) else list(prompt)
+    if len(prompts) != n:
+        raise ValueError(f"prompt: {len(prompts)} captions for {n} images (give one prompt, or one per image)")
+    return prompts
+
+
 def train_concept(
     backend: Backend,
     x0: torch.Tensor,
-    prompt: str,
+    prompt: str | list[str],
     trigger: str | None,
     rows: dict[str, torch.Tensor] | None,
     memory: ContinualMemory | None = None,
@@ -133,27 +159,33 @@ def train_concept(
 ) -> TrainResult:
     """Train; return the deltas. The backend's weights are never written (bake the result to merge).
 
+    prompt: one prompt for every image, or one caption per image (e.g. naming each image's background, so the
+    trigger learns the subject and not its surroundings).
     callback(step, total, terms) runs after every step; raising from it cancels with nothing applied.
     adapter: another trainable weight change with RowDeltas' surface (applied(backend), disabled(),
-    parameters(), optional penalty() -> {name: loss}) — how baselines such as C-LoRA share this loop;
-    the row regularisers (prev/base/ewc) apply to RowDeltas only."""
+    parameters(), optional penalty() -> {name: loss}, optional lr_scale) — how baselines such as C-LoRA share this
+    loop; the row regularisers (prev/base/ewc) apply to RowDeltas only."""
     cfg = cfg or TrainConfig()
     cfg.validate()
     if len(x0) == 0:
         raise ValueError("images: no concept images to train on")
     if adapter is None and sum(len(r) for r in rows.values()) == 0:
         raise ValueError("neurons: the selection is empty; raise the budget or rho_base")
+    prompts = _per_image_prompts(prompt, len(x0))
+    uniq = sorted(set(prompts))
+    which = torch.tensor([uniq.index(p) for p in prompts])
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = backend.device
-    deltas = adapter if adapter is not None else RowDeltas(rows, kv_in_dim(backend), dev)
+    deltas = adapter if adapter is not None else RowDeltas(rows, kv_in_dim(backend), dev, scale=layer_rms(backend))
     rowwise = isinstance(deltas, RowDeltas)
-    params = [{"params": list(deltas.parameters()), "lr": cfg.lr}]
+    params = [{"params": list(deltas.parameters()), "lr": cfg.lr * getattr(deltas, "lr_scale", 1.0)}]
     token = None
     if trigger and cfg.train_token:
-        token = torch.nn.Parameter(backend.token_row(trigger).float().to(dev))
-        params.append({"params": [token], "lr": cfg.token_lr})
+        row = backend.token_row(trigger).float()
+        token = torch.nn.Parameter(row.to(dev))
+        params.append({"params": [token], "lr": cfg.token_lr * float(row.pow(2).mean().sqrt().clamp_min(1e-12))})
     opt = torch.optim.AdamW(params, weight_decay=0.0)
-    in_prev, offset, fisher = _reg_tensors(backend, deltas, memory) if rowwise else (None, None, None)
+    anchors = row_anchors(backend, deltas, memory) if rowwise else None
     use_dsc = cfg.lam_dsc > 0 and memory is not None
     if use_dsc:
         with torch.no_grad():
@@ -163,34 +195,26 @@ def train_concept(
         backend.enable_gradient_checkpointing()
     amp = (torch.autocast(dev.type, dtype=torch.bfloat16 if cfg.autocast == "bf16" else torch.float16)
            if cfg.autocast != "none" else nullcontext())
-    fixed_ctx = None if token is not None else backend.encode_text([prompt]).detach()
+    fixed_ctx = None if token is not None else backend.encode_text(uniq).detach()
     history, t0 = [], time.perf_counter()
     with deltas.applied(backend):
         for step in range(cfg.steps):
             idx = torch.randint(0, len(x0), (min(cfg.batch_size, len(x0)),), generator=gen)
             xb = x0[idx].to(dev)
-            t = torch.randint(0, backend.num_timesteps, (len(xb),), generator=gen).to(dev)
-            eps = torch.randn(xb.shape, generator=gen).to(xb)
+            t, eps = draw_t_eps(backend, xb, gen)
             with amp:
-                ctx = (backend.encode_text([prompt], {trigger: token}) if token is not None else fixed_ctx)
-                pred = backend.noise_and_predict_eps(xb, t, eps, ctx.expand(len(xb), -1, -1))
-                terms = {"diff": (pred.float() - eps.float()).pow(2).mean()}
+                ctx = backend.encode_text(uniq, {trigger: token}) if token is not None else fixed_ctx
+                terms = {"diff": denoise_error(backend, xb, t, eps, ctx[which[idx].to(ctx.device)]).mean()}
                 if rowwise:
-                    d = deltas.delta
-                    if cfg.lam_prev > 0:
-                        terms["prev"] = cfg.lam_prev * d[in_prev].pow(2).sum()
-                    if cfg.lam_base > 0:
-                        terms["base"] = cfg.lam_base * (d[~in_prev] + offset[~in_prev]).pow(2).sum()
-                    if cfg.lam_ewc > 0 and fisher is not None:
-                        terms["ewc"] = cfg.lam_ewc * (fisher * d.pow(2)).sum()
+                    terms.update(row_penalties(deltas.delta, anchors, cfg))
                 else:
                     terms.update(deltas.penalty() if hasattr(deltas, "penalty") else {})
                 if use_dsc and step % cfg.dc_every == 0:
                     # c0 plus a random subset of earlier concepts; eps-MSE on the first sampled earlier one
                     earlier = (1 + torch.randperm(n_prev, generator=gen))[: cfg.dc_max_candidates - 1].tolist()
-                    ctx_k = cand_ctx[[0] + earlier]
                     j = 1 if earlier else 0
-                    terms["dsc"] = cfg.lam_dsc * dsc_loss(backend, deltas, xb[: cfg.dsc_batch], ctx_k, gen, cfg, j)
+                    terms["dsc"] = cfg.lam_dsc * dsc_loss(backend, deltas, xb[: cfg.dsc_batch], cand_ctx[[0] + earlier],
+                                                          gen, cfg, j)
                 loss = sum(terms.values())
             vals = {k: float(v.detach()) for k, v in terms.items()}
             if not torch.isfinite(loss):

@@ -91,6 +91,7 @@ def test_train_chains_memory(workdir, capsys):
     (["probe", "--images", "a"], "candidate"),
     (["probe", "--images", "a", "--memory", "corrupt.safetensors"], "corrupt"),
     (["sequence", "nothere.yaml", "--out", "run"], "does not exist"),
+    (["sequence", "badcaptions.yaml", "--out", "run"], "one caption per image"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(workdir, capsys, argv, needle):
     (workdir / "empty").mkdir()
@@ -99,6 +100,8 @@ def test_bad_input_one_line_exit_2_nothing_written(workdir, capsys, argv, needle
     _draw(workdir / "mixed", (1, 2, 3), n=1, size=16)
     Image.new("RGB", (20, 20)).save(workdir / "mixed" / "z.png")
     (workdir / "corrupt.safetensors").write_bytes(os.urandom(200))
+    (workdir / "badcaptions.yaml").write_text("model: tiny\nconcepts:\n"
+                                              "  - {trigger: sks, prompt: a sks, images: a, captions: [a sks]}\n")
     before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
