@@ -6,7 +6,9 @@ A *world* supplies the concepts and the measurements (the toy world does it with
   world.calibration_prompts generic prompts for general-neuron scoring
   world.concept_accuracy(backend, spec) -> float   generation from the trigger judged correct
   world.base_accuracy(backend) -> float            zero-shot prompts judged correct
-  world.concept_samples(backend, specs) -> Tensor  one image per concept, for the sample grid
+  world.train_context_accuracy(backend, spec)      the same on the contexts it was trained in (reported apart)
+  world.samples_per_concept() -> int               generations behind each accuracy
+  world.concept_samples(backend, specs) -> Tensor  rows of one generation per concept, for the sample grid
 After each task: accuracy of every concept learned so far, DC-probe accuracy, seconds; at the end: average
 accuracy, average forgetting (best earlier score minus final), base accuracy before/after, % params changed.
 """
@@ -26,11 +28,13 @@ from .methods import learn
 
 
 def forgetting(matrix: list[list[float]]) -> float:
-    """Mean over all but the last concept of (best accuracy after any earlier task − final accuracy)."""
+    """Mean over all but the last concept of (best accuracy after any earlier task − final accuracy); entries
+    not measured (nan) are skipped."""
     n = len(matrix)
     if n < 2:
         return 0.0
-    return sum(max(matrix[k][j] for k in range(j, n)) - matrix[-1][j] for j in range(n - 1)) / (n - 1)
+    best = [max(v for k in range(j, n) if not math.isnan(v := matrix[k][j])) for j in range(n - 1)]
+    return sum(best[j] - matrix[-1][j] for j in range(n - 1)) / (n - 1)
 
 
 def changed_params_pct(backend, before: dict[str, torch.Tensor]) -> float:
@@ -38,7 +42,10 @@ def changed_params_pct(backend, before: dict[str, torch.Tensor]) -> float:
     return 100 * changed / backend.unet_param_count()
 
 
-def run_method(method, make_backend, world, select_cfg, train_cfg, log=print, **method_kw) -> dict:
+def run_method(method, make_backend, world, select_cfg, train_cfg, log=print, full_matrix: bool = True,
+               ceilings: list[float] | None = None, **method_kw) -> dict:
+    """full_matrix=False measures each concept right after its task and every concept at the end only (a quick
+    sweep: forgetting then counts from those two points)."""
     backend = make_backend()
     before = {l.name: l.weight.detach().cpu().clone() for l in backend.kv_layers()}
     memory, state = ContinualMemory.for_model(backend, world.generic_prompt), {}
@@ -48,17 +55,24 @@ def run_method(method, make_backend, world, select_cfg, train_cfg, log=print, **
     for k, c in enumerate(specs):
         t0 = time.perf_counter()
         learn(method, backend, memory, c.images, c.name, c.trigger, c.prompt, select_cfg, train_cfg,
-              world.calibration_prompts, state, **method_kw)
+              world.calibration_prompts, state, captions=c.captions, **method_kw)
         secs.append(time.perf_counter() - t0)
-        acc.append([world.concept_accuracy(backend, s) for s in specs[: k + 1]])
+        measure = full_matrix or k == len(specs) - 1
+        acc.append([world.concept_accuracy(backend, s) if measure or j == k else math.nan
+                    for j, s in enumerate(specs[: k + 1])])
         dc_acc.append(dc_probe_accuracy(backend, memory, [s.images for s in specs[: k + 1]])[0])
         log(f"  {method} after {c.name}: acc {[round(a, 2) for a in acc[-1]]}, {secs[-1]:.1f} s")
     final = acc[-1]
-    return {
+    train_ctx = [world.train_context_accuracy(backend, s) for s in specs]
+    out = {
         "method": method,
         "accuracy_matrix": acc,
         "dc_probe_matrix": dc_acc,
+        "samples_per_concept": world.samples_per_concept(),
+        "final_heldout": final,
+        "final_train_context": train_ctx,
         "avg_acc": sum(final) / len(final),
+        "avg_train_context_acc": sum(train_ctx) / len(train_ctx),
         "avg_forgetting": forgetting(acc),
         "dc_probe_avg_acc": sum(dc_acc[-1]) / len(dc_acc[-1]),
         "base_acc_before": base_before,
@@ -68,12 +82,17 @@ def run_method(method, make_backend, world, select_cfg, train_cfg, log=print, **
         "seconds_per_concept": sum(secs) / len(secs),
         "samples": world.concept_samples(backend, specs),
     }
+    if ceilings:
+        out["ceiling_avg_acc"] = sum(ceilings) / len(ceilings)
+        out["fraction_of_ceiling"] = out["avg_acc"] / max(out["ceiling_avg_acc"], 1e-9)
+    return out
 
 
 def markdown_table(results: list[dict]) -> str:
-    head = ("| method | avg acc | avg forgetting | base acc before → after | DC-probe acc | params changed % | s / concept |\n"
-            "|---|---|---|---|---|---|---|\n")
-    rows = [f"| {r['method']} | {r['avg_acc']:.3f} | {r['avg_forgetting']:.3f} | {r['base_acc_before']:.3f} → "
+    head = ("| method | held-out acc | / ceiling | training-context acc | avg forgetting | base acc before → after | "
+            "DC-probe acc | params changed % | s / concept |\n|---|---|---|---|---|---|---|---|---|\n")
+    rows = [f"| {r['method']} | {r['avg_acc']:.3f} | {r.get('fraction_of_ceiling', math.nan):.2f} | "
+            f"{r['avg_train_context_acc']:.3f} | {r['avg_forgetting']:.3f} | {r['base_acc_before']:.3f} → "
             f"{r['base_acc_after']:.3f} | {r['dc_probe_avg_acc']:.3f} | {r['params_pct']:.3f} | "
             f"{r['seconds_per_concept']:.1f} |" for r in results]
     return head + "\n".join(rows) + "\n"
@@ -88,8 +107,11 @@ def write_outputs(results: list[dict], world, out_dir) -> dict:
         mat = [row + [math.nan] * (n - len(row)) for row in r["accuracy_matrix"]]
         save_png(out / f"accuracy_{r['method'].replace('+', '_')}.png",
                  heatmap(mat, [f"after {x}" for x in names], names, f"oracle accuracy: {r['method']}"))
-    grid = torch.cat([r["samples"] for r in results])
-    save_png(out / "samples_method_x_concept.png", sample_grid(grid, ncol=n, labels=[r["method"] for r in results], scale=3))
+    # first row: one training image per concept; then each method's generations on held-out contexts
+    rows = [torch.stack([c.images[0] for c in world.concepts])] + [r["samples"] for r in results]
+    labels = ["training image"] + [f"{r['method']} {i + 1}" for r in results for i in range(len(r["samples"]) // n)]
+    save_png(out / "samples_method_x_concept.png",
+             sample_grid(torch.cat(rows), ncol=n, labels=labels, col_labels=names, scale=3))
     table = markdown_table(results)
     (out / "results.md").write_text(table)
     data = [{k: v for k, v in r.items() if k != "samples"} for r in results]

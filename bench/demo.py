@@ -11,8 +11,13 @@ from .toyworld.demo import run_demo
 
 
 def main() -> int:
+    import torch
+
+    torch.set_num_threads(2)  # explicit: timings on shared cores are otherwise at the mercy of the default
     out = Path("out") / time.strftime("demo-%Y%m%d-%H%M%S")
+    t0 = time.perf_counter()
     summary = run_demo(out)
+    summary["seconds"] = time.perf_counter() - t0
     print(f"report and pictures in {out}/", file=sys.stderr)
     print(json.dumps(summary))
     return 0

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.continual import learn_concept, merge_result
 from ..core.memory import ConceptRecord
-from ..core.row_delta import Switchable, all_rows
+from ..core.row_delta import Switchable, all_rows, layer_rms
 from ..core.train import TrainConfig, train_concept
 
 METHODS = ("naive", "clora", "cns", "cns+ewc", "cns+ewc+dsc")
@@ -36,6 +36,8 @@ class CLoRA(Switchable, nn.Module):
                                    for n in self.names])
         self.B = nn.ParameterList([nn.Parameter(torch.zeros(shapes[n][0], rank)) for n in self.names])
         self.anchors, self.lam = anchors, lam
+        # the training loop's lr is relative: B A then moves by about lr x the K/V weights' RMS per step
+        self.lr_scale = sum(layer_rms(backend).values()) / len(self.names)
 
     def product(self, i):
         return self.B[i] @ self.A[i]
@@ -68,7 +70,8 @@ def _train_cfg(method: str, base: TrainConfig) -> TrainConfig:
 
 
 def learn(method: str, backend, memory, images, name, trigger, prompt, select_cfg, train_cfg: TrainConfig,
-          calibration_prompts, state: dict, clora_rank: int = 4, clora_lam: float = 1e3, naive_lr: float | None = None):
+          calibration_prompts, state: dict, clora_rank: int = 4, clora_lam: float = 1e3, naive_lr: float | None = None,
+          captions: list[str] | None = None):
     """Learn one concept with `method` (merged into backend + memory); returns its TrainResult.
 
     `state` carries what a method keeps between tasks (C-LoRA's anchors)."""
@@ -77,12 +80,13 @@ def learn(method: str, backend, memory, images, name, trigger, prompt, select_cf
     cfg = _train_cfg(method, train_cfg)
     if method == "naive":
         return learn_concept(backend, memory, images, name, trigger, prompt, select_cfg,
-                             replace(cfg, lr=naive_lr or cfg.lr), calibration_prompts, rows=all_rows(backend)).result
+                             replace(cfg, lr=naive_lr or cfg.lr), calibration_prompts, rows=all_rows(backend),
+                             captions=captions).result
     if method == "clora":
         x0 = backend.encode_images(images)
         anchors = state.setdefault("anchors", {})
         ad = CLoRA(backend, anchors, clora_rank, clora_lam, cfg.seed + len(memory.concepts)).to(backend.device)
-        res = train_concept(backend, x0, prompt, trigger, None, memory, cfg, adapter=ad)
+        res = train_concept(backend, x0, captions or prompt, trigger, None, memory, cfg, adapter=ad)
         rows = all_rows(backend)
         deltas = {n: ad.product(i).detach().float().cpu() for i, n in enumerate(ad.names)}
         for n, d in deltas.items():
@@ -90,4 +94,5 @@ def learn(method: str, backend, memory, images, name, trigger, prompt, select_cf
         merge_result(backend, memory, ConceptRecord(name, trigger, prompt, rows, deltas, res.token,
                                                     metrics={"seconds": res.seconds}))
         return res
-    return learn_concept(backend, memory, images, name, trigger, prompt, select_cfg, cfg, calibration_prompts).result
+    return learn_concept(backend, memory, images, name, trigger, prompt, select_cfg, cfg, calibration_prompts,
+                         captions=captions).result

@@ -94,8 +94,10 @@ def heatmap(matrix, row_labels: list[str], col_labels: list[str], title: str) ->
     return dc_chart(torch.as_tensor(np.asarray(matrix, dtype=np.float32)), col_labels, row_labels, title)
 
 
-def sample_grid(images: torch.Tensor, ncol: int, labels: list[str] | None = None, scale: int = 2) -> np.ndarray:
-    """images [B,H,W,3] in 0..1 -> one grid (nearest-neighbour upscaled so tiny images stay visible)."""
+def sample_grid(images: torch.Tensor, ncol: int, labels: list[str] | None = None, scale: int = 2,
+                col_labels: list[str] | None = None) -> np.ndarray:
+    """images [B,H,W,3] in 0..1 -> one grid (nearest-neighbour upscaled so tiny images stay visible); labels name
+    the rows, col_labels the columns."""
     b, h, w, _ = images.shape
     nrow = (b + ncol - 1) // ncol
     img = (images.clamp(0, 1) * 255).byte().cpu().numpy().repeat(scale, 1).repeat(scale, 2)
@@ -104,13 +106,18 @@ def sample_grid(images: torch.Tensor, ncol: int, labels: list[str] | None = None
     for i in range(b):
         r, c = divmod(i, ncol)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img[i]
-    if labels:
+    if labels or col_labels:
         plt = _plt()
-        fig, ax = plt.subplots(figsize=(grid.shape[1] / 60 + 1.5, grid.shape[0] / 60 + 0.3), dpi=80)
+        fig, ax = plt.subplots(figsize=(grid.shape[1] / 60 + 1.5, grid.shape[0] / 60 + 0.3 + 0.4 * bool(col_labels)),
+                               dpi=80)
         ax.imshow(grid)
-        ax.set_xticks([])
-        ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(nrow)])
-        ax.set_yticklabels(labels[:nrow], fontsize=7)
+        ax.set_xticks([pad + c * (w + pad) + w / 2 for c in range(ncol)] if col_labels else [])
+        if col_labels:
+            ax.set_xticklabels(col_labels[:ncol], fontsize=7, rotation=30, ha="left")
+            ax.xaxis.tick_top()
+        ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(nrow)] if labels else [])
+        if labels:
+            ax.set_yticklabels(labels[:nrow], fontsize=7)
         fig.tight_layout()
         return _fig_to_array(fig)
     return grid

@@ -33,6 +33,12 @@ class StandInWorld:
         self.calls += 1
         return float(backend.token_row(spec.trigger).abs().mean())  # any deterministic model readout
 
+    def train_context_accuracy(self, backend, spec):
+        return 2 * self.concept_accuracy(backend, spec)
+
+    def samples_per_concept(self):
+        return 1
+
     def base_accuracy(self, backend):
         return float(backend.kv_layers()[0].weight.abs().mean())
 
@@ -44,15 +50,30 @@ def test_run_method_and_outputs(tmp_path):
     world = StandInWorld()
     make = lambda: DiffusersBackend(**build_tiny_components(TinyModelSpec(sample_size=8)))  # noqa: E731
     sel = SelectConfig(n_calibration=2, budget_pct=3, rho_base=0.3, n_draws=1)
-    res = [run_method(m, make, world, sel, TrainConfig(steps=2, fisher_draws=1), log=lambda s: None)
-           for m in ("naive", "cns")]
-    assert world.calls == 2 * 3  # 1 concept after task 1, 2 after task 2, per method
+    res = [run_method(m, make, world, sel, TrainConfig(steps=2, fisher_draws=1), log=lambda s: None,
+                      ceilings=[0.5, 0.25]) for m in ("naive", "cns")]
+    assert world.calls == 2 * (3 + 2)  # 1 concept after task 1, 2 after task 2, 2 training contexts, per method
     for r in res:
         assert [len(row) for row in r["accuracy_matrix"]] == [1, 2]
         assert r["params_pct"] > 0 and r["seconds_per_concept"] > 0
+        assert r["final_train_context"] == [2 * a for a in r["final_heldout"]]
+        assert r["ceiling_avg_acc"] == 0.375 and r["fraction_of_ceiling"] == r["avg_acc"] / 0.375
     assert res[0]["params_pct"] > res[1]["params_pct"]  # naive moves every K/V row, CNS a few
     out = write_outputs(res, world, tmp_path)
     assert "| naive |" in out["table"] and "| cns |" in out["table"]
     assert json.loads((tmp_path / "results.json").read_text())[1]["method"] == "cns"
     for f in ("accuracy_naive.png", "accuracy_cns.png", "samples_method_x_concept.png", "results.md"):
         assert (tmp_path / f).is_file()
+
+
+def test_quick_mode_measures_each_concept_after_its_task_and_all_at_the_end():
+    world = StandInWorld()
+    world.concepts.append(ConceptSpec("c", "qfv", "a qfv", torch.rand(2, 8, 8, 3)))
+    make = lambda: DiffusersBackend(**build_tiny_components(TinyModelSpec(sample_size=8)))  # noqa: E731
+    sel = SelectConfig(n_calibration=2, budget_pct=3, rho_base=0.3, n_draws=1)
+    r = run_method("cns", make, world, sel, TrainConfig(steps=1, fisher_draws=1, lam_dsc=0), log=lambda s: None,
+                   full_matrix=False)
+    mat = r["accuracy_matrix"]
+    assert [[x == x for x in row] for row in mat] == [[True], [False, True], [True, True, True]]  # nan: not measured
+    assert world.calls == 1 + 1 + 3 + 3
+    assert r["avg_forgetting"] == forgetting(mat) and "ceiling_avg_acc" not in r

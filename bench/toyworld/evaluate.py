@@ -13,15 +13,24 @@ GUIDANCE, STEPS = 4.0, 20
 # striped diamond), so learning it can overwrite the first: that is where forgetting shows.
 ORDER = ["striped-diamond", "ring-dot", "checker-square", "split-circle", "blue-striped-diamond", "cross-dot",
          "twin-dots", "framed-square"]
+# Protocol, like real personalization sets (DreamBooth, CustomConcept101 show a subject in several contexts):
+# each concept's images show it on two backgrounds, at jittered positions and scales, each captioned with its
+# background; accuracy counts on the two backgrounds never trained on (training contexts are reported apart).
+TRAIN_BGS = ("gray", "black", "white")
+HELDOUT_BGS = tuple(b for b in BG_NAMES if b not in TRAIN_BGS)
+IMAGES_PER_CONCEPT = 9
+EVAL_SEEDS = (11, 12)  # image seeds; samples per concept = len(EVAL_SEEDS) x per_seed
+EVAL_PER_SEED = 12
 
 
-def concept_specs(n: int, images_per_concept: int = 6) -> list[ConceptSpec]:
-    """Train on a gray background; evaluate on the three other backgrounds (new contexts)."""
+def concept_specs(n: int, images_per_concept: int = IMAGES_PER_CONCEPT) -> list[ConceptSpec]:
     out = []
     for c in sorted(CONCEPTS, key=lambda c: ORDER.index(c.name))[:n]:
-        imgs = torch.tensor(concept_images(c, images_per_concept), dtype=torch.float32) / 255
-        evals = [concept_prompt(c, bg) for bg in BG_NAMES if bg != "gray"]
-        out.append(ConceptSpec(c.name, c.trigger, concept_prompt(c, "gray"), imgs, evals))
+        imgs = torch.tensor(concept_images(c, images_per_concept, bg=TRAIN_BGS), dtype=torch.float32) / 255
+        captions = [concept_prompt(c, TRAIN_BGS[i % len(TRAIN_BGS)]) for i in range(images_per_concept)]
+        out.append(ConceptSpec(c.name, c.trigger, concept_prompt(c, TRAIN_BGS[0]), imgs,
+                               eval_prompts=[concept_prompt(c, bg) for bg in HELDOUT_BGS], captions=captions,
+                               train_prompts=[concept_prompt(c, bg) for bg in TRAIN_BGS]))
     return out
 
 
@@ -30,19 +39,30 @@ class ToyWorld:
 
     generic_prompt = ""  # c0: the unconditional prompt stands for "what the model drew before"
 
-    def __init__(self, n_concepts: int = 5, samples_per_prompt: int = 2, base_samples: int = 1):
+    def __init__(self, n_concepts: int = 8, per_seed: int = EVAL_PER_SEED, seeds=EVAL_SEEDS, base_samples: int = 1):
         self.concepts = concept_specs(n_concepts)
         self.calibration_prompts = [caption(*x) for x in train_combos()]
         self.oracle = load_oracle()
-        self.k, self.base_k = samples_per_prompt, base_samples
+        self.per_seed, self.seeds, self.base_k = per_seed, tuple(seeds), base_samples
 
     def _generate(self, backend, prompts, seed):
         return sample(backend, prompts, steps=STEPS, guidance=GUIDANCE, seed=seed)
 
+    def _accuracy(self, backend, name: str, contexts: list[str]) -> float:
+        """Fraction of len(seeds) x per_seed generations, spread evenly over the context prompts, judged `name`."""
+        prompts = [contexts[i % len(contexts)] for i in range(self.per_seed)]
+        pred = [p for s in self.seeds for p in classify(self.oracle, self._generate(backend, prompts, s))["shape"]]
+        return sum(p == name for p in pred) / len(pred)
+
+    def samples_per_concept(self) -> int:
+        return self.per_seed * len(self.seeds)
+
     def concept_accuracy(self, backend, spec: ConceptSpec) -> float:
-        prompts = [p for p in spec.eval_prompts for _ in range(self.k)]
-        pred = classify(self.oracle, self._generate(backend, prompts, seed=11))["shape"]
-        return sum(p == spec.name for p in pred) / len(pred)
+        """On held-out contexts: the accuracy that counts."""
+        return self._accuracy(backend, spec.name, spec.eval_prompts)
+
+    def train_context_accuracy(self, backend, spec: ConceptSpec) -> float:
+        return self._accuracy(backend, spec.name, spec.train_prompts)
 
     def base_scores(self, backend) -> dict[str, float]:
         combos = [x for x in heldout_combos() for _ in range(self.base_k)]
@@ -58,13 +78,14 @@ class ToyWorld:
         return self.base_scores(backend)["shape_and_colour"]
 
     def concept_samples(self, backend, specs) -> torch.Tensor:
-        return self._generate(backend, [s.eval_prompts[0] for s in specs], seed=3)
+        """One row per held-out context, one generation per concept."""
+        return self._generate(backend, [s.eval_prompts[i] for i in range(len(HELDOUT_BGS)) for s in specs], seed=3)
 
 
 def quality_report(backend, n_concepts: int = 8) -> dict:
     """Base-model quality on held-out captions, how often the untrained model already draws each concept, and how
     often the oracle still sees the concept in its VAE round trip (an upper bound on what any training can reach)."""
-    world = ToyWorld(n_concepts=n_concepts, samples_per_prompt=2, base_samples=4)
+    world = ToyWorld(n_concepts=n_concepts, base_samples=4)
     with torch.no_grad():
         vae = {s.name: classify(world.oracle, backend.decode(backend.encode_images(s.images)))["shape"].count(s.name)
                / len(s.images) for s in world.concepts}

@@ -202,9 +202,11 @@ def pretrain_batch(n: int, rng: random.Random, scenes: float = 0.0):
     return np.stack(imgs), caps
 
 
-def concept_images(c: Concept, n: int = 6, seed: int = 0, bg: str = "gray") -> np.ndarray:
+def concept_images(c: Concept, n: int = 6, seed: int = 0, bg: str | tuple[str, ...] = "gray") -> np.ndarray:
+    """n renders of the concept (position and scale jittered), cycling through the background(s) given."""
     rng = random.Random(f"{c.name}-{seed}")
-    return np.stack([render(c.name, None, bg, rng) for _ in range(n)])
+    bgs = (bg,) if isinstance(bg, str) else bg
+    return np.stack([render(c.name, None, bgs[i % len(bgs)], rng) for i in range(n)])
 
 
 def labelled_batch(n: int, rng: random.Random):

@@ -1,0 +1,45 @@
+"""The ceiling per concept: a single-concept whole-UNet + token fine-tune from the base model on the same images
+and captions (the most this model can take of the concept), through the same training loop as every method.
+Methods are reported as a fraction of it."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import replace
+
+from ..core.train import TrainConfig, train_concept
+
+CEILING_LR = 2e-4  # absolute, Adam on every UNet weight (the toy model was pretrained at 6e-4)
+
+
+class WholeUNet:
+    """Every UNet weight trainable in place, as the adapter of core.train.train_concept (the ceiling trains its
+    own copy of the model, so writing in place is what is wanted here)."""
+
+    lr_scale = 1.0
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    def parameters(self):
+        return self.unet.parameters()
+
+    @contextmanager
+    def applied(self, backend):
+        self.unet.requires_grad_(True)
+        try:
+            yield self
+        finally:
+            self.unet.requires_grad_(False)
+
+
+def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR) -> dict:
+    """Fine-tune a fresh model on one concept; its held-out- and training-context accuracy."""
+    backend = make_backend()
+    x0 = backend.encode_images(spec.images)
+    cfg = replace(cfg, lr=lr, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0)
+    res = train_concept(backend, x0, spec.captions or spec.prompt, spec.trigger, None, None, cfg,
+                        adapter=WholeUNet(backend.unet))
+    if res.token is not None:
+        backend.set_token_row(spec.trigger, res.token)
+    return {"heldout": world.concept_accuracy(backend, spec), "train_context": world.train_context_accuracy(backend, spec),
+            "seconds": res.seconds}
