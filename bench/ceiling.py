@@ -36,7 +36,9 @@ def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR)
     """Fine-tune a fresh model on one concept; its held-out- and training-context accuracy."""
     backend = make_backend()
     x0 = backend.encode_images(spec.images)
-    cfg = replace(cfg, lr=lr, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0)
+    # no gradient clipping: on every UNet weight it normalises each step's gradient; a clipped ceiling run measured
+    # checker-square 0.46 held-out where an unclipped one (other image draws) measured 0.92, 24 samples each
+    cfg = replace(cfg, lr=lr, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, max_grad_norm=None)
     res = train_concept(backend, x0, spec.captions or spec.prompt, spec.trigger, None, None, cfg,
                         adapter=WholeUNet(backend.unet))
     if res.token is not None:
