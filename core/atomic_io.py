@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -11,16 +12,36 @@ class OutputExistsError(FileExistsError):
     pass
 
 
-def safe_output_path(root: str | os.PathLike, relative: str) -> Path:
-    """root/relative, refusing absolute paths and '..' escapes (a filename prefix must stay inside root)."""
+FILE_MODE = 0o644  # what a file written by hand gets under the usual umask; temp files are private (0600)
+
+
+def resolve_prefix(root: str | os.PathLike, prefix: str, default: str) -> Path:
+    """root/<prefix> for a node's filename_prefix, always inside root: '/' and '\\' both separate folders,
+    empty or '.' parts are dropped (an empty prefix, '.', or one ending in a separator takes `default` as its
+    file name), and absolute paths, drive letters and '..' are refused with an error naming the input."""
+    text = str(prefix).strip()
+    if text.startswith(("/", "\\")) or ":" in text:
+        raise ValueError(f"filename_prefix '{prefix}': must be a relative name inside the output folder "
+                         "(no absolute path, no drive letter)")
+    parts = [q for q in re.split(r"[/\\]", text) if q not in ("", ".")]
+    if ".." in parts or any(q.strip(".") == "" for q in parts):
+        raise ValueError(f"filename_prefix '{prefix}': '..' would leave the output folder")
+    if not parts or re.search(r"[/\\]\s*\.?\s*$", text):
+        parts.append(default)
     root_p = Path(root).resolve()
-    rel = Path(relative)
-    if rel.is_absolute() or ".." in rel.parts:
-        raise ValueError(f"filename_prefix '{relative}' must be a relative path inside the output folder")
-    out = (root_p / rel).resolve()
-    if root_p != out and root_p not in out.parents:
-        raise ValueError(f"filename_prefix '{relative}' leaves the output folder")
+    out = root_p.joinpath(*parts).resolve()
+    if root_p not in out.parents:
+        raise ValueError(f"filename_prefix '{prefix}' leaves the output folder (through a link)")
     return out
+
+
+def next_free(names: list[tuple[Path, str]]) -> int:
+    """The first counter N with every base_NNNNN<suffix> free (a set of files written together, maybe in several
+    folders)."""
+    for i in range(1, 100000):
+        if not any(b.with_name(f"{b.name}_{i:05d}{s}").exists() for b, s in names):
+            return i
+    raise FileExistsError(f"{names[0][0]}: no free file name left")
 
 
 def atomic_write(path: str | os.PathLike, write_fn, overwrite: bool = False) -> Path:
@@ -36,6 +57,7 @@ def atomic_write(path: str | os.PathLike, write_fn, overwrite: bool = False) -> 
     tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         write_fn(tmp)
+        os.chmod(tmp, FILE_MODE)
         if overwrite:
             os.replace(tmp, path)
         else:

@@ -220,7 +220,8 @@ def cmd_sequence(a):
 def cmd_queue(a):
     from .queue_client import main as queue_main
 
-    return queue_main([a.workflow, "--server", a.server, *(["--timeout", str(a.timeout)] if a.timeout else [])])
+    return queue_main([a.workflow, "--server", a.server, "--http-timeout", str(a.http_timeout),
+                       *(["--timeout", str(a.timeout)] if a.timeout else [])])
 
 
 def build_parser():
@@ -283,7 +284,8 @@ def build_parser():
     w = sub.add_parser("queue", help="queue an API-format workflow on a running ComfyUI")
     w.add_argument("workflow")
     w.add_argument("--server", default="http://127.0.0.1:8188")
-    w.add_argument("--timeout", type=float, default=None)
+    w.add_argument("--timeout", type=float, default=None, help="seconds for the whole prompt (default: no limit)")
+    w.add_argument("--http-timeout", type=float, default=30.0, help="seconds per HTTP request before a retry")
     w.set_defaults(fn=cmd_queue)
     return p
 

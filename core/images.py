@@ -58,3 +58,17 @@ def check_image_batch(images: torch.Tensor, name: str = "images") -> torch.Tenso
     elif c != 3:
         raise ValueError(f"{name}: expected 1, 3 or 4 channels, got {c}")
     return images.float().clamp(0, 1)
+
+
+def folder_fingerprint(folder) -> str:
+    """Changes whenever an image is added, removed, renamed or rewritten (names, sizes and mtimes): the value
+    ComfyUI compares to decide whether a cached Load Concept Images output is still valid."""
+    import hashlib
+
+    p = Path(folder)
+    h = hashlib.sha256(str(p.resolve()).encode())
+    for f in sorted(p.iterdir()) if p.is_dir() else []:
+        if f.suffix.lower() in EXTENSIONS:
+            st = f.stat()
+            h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()

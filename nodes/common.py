@@ -37,21 +37,33 @@ def training_backend(model, clip, vae):
         mm.soft_empty_cache()
 
 
-def progress(total: int):
-    """ProgressBar callback for core: UI progress with the loss as text. Cancel raises here, after every step
-    (ComfyUI's server hook also raises from update(); asking directly makes it hold without that hook)."""
+@contextmanager
+def reading_backend(model, clip):
+    """A backend over MODEL and CLIP as they are (patches applied), to read their weights; changes nothing."""
+    b = ComfyBackend(model, clip, None)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def progress(total: int, describe=None):
+    """ProgressBar callback for core, cb(done, total, *info): Cancel raises here (ComfyUI's server hook also raises
+    from update(); asking directly makes it hold without that hook); describe(done, total, *info) is shown as text."""
     import comfy.model_management as mm
     import comfy.utils
 
     bar = comfy.utils.ProgressBar(total)
 
-    def cb(step, total_, terms):
+    def cb(done, total_=total, *info):
         mm.throw_exception_if_processing_interrupted()
-        bar.update_absolute(step, total_)
+        bar.update_absolute(done, total_)
+        if describe is None:
+            return
         try:
             from server import PromptServer
 
-            PromptServer.instance.send_progress_text(f"step {step}/{total_} loss {terms.get('total', 0):.4f}", None)
+            PromptServer.instance.send_progress_text(describe(done, total_, *info), None)
         except Exception:  # no server (in-process use): the bar alone is enough
             pass
 

@@ -1,6 +1,7 @@
 """Registers the pack's nodes with ComfyUI (V3 extension; loaded lazily from the pack's comfy_entrypoint)."""
 from comfy_api.latest import ComfyExtension, io
 
+from .apply_node import ApplyConceptMemory
 from .memory_nodes import LoadConceptImages, LoadConceptMemory, SaveConceptMemory
 from .merge_node import MergeIntoCheckpoint
 from .probe_node import DCScoreProbe
@@ -8,7 +9,7 @@ from .select_node import SelectConceptNeurons
 from .train_node import ContinualTrainStep
 
 NODES = [LoadConceptImages, SelectConceptNeurons, ContinualTrainStep, DCScoreProbe, MergeIntoCheckpoint,
-         LoadConceptMemory, SaveConceptMemory]
+         LoadConceptMemory, SaveConceptMemory, ApplyConceptMemory]
 
 
 class ContinualConceptsExtension(ComfyExtension):

@@ -5,12 +5,19 @@ from pathlib import Path
 
 from comfy_api.latest import io
 
-from ..core.atomic_io import safe_output_path
-from ..core.images import load_image_folder
+from ..core.atomic_io import next_free, resolve_prefix
+from ..core.images import folder_fingerprint, load_image_folder
 from ..core.memory import ContinualMemory
 from .common import CATEGORY, Memory
 
 PACK_DIR = Path(__file__).resolve().parents[1]
+MEMORY_FOLDER = "concept_memory"  # under ComfyUI's output folder
+
+
+def memory_dir() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_output_directory()) / MEMORY_FOLDER
 
 
 def _resolve(folder: str, kind: str) -> Path:
@@ -38,6 +45,14 @@ class LoadConceptImages(io.ComfyNode):
         )
 
     @classmethod
+    def fingerprint_inputs(cls, folder, size):
+        """Run again when the folder's images change (names, sizes, mtimes), not only when the inputs do."""
+        try:
+            return folder_fingerprint(_resolve(folder, "folder"))
+        except FileNotFoundError:
+            return float("nan")  # never equal: execute() reports the missing folder
+
+    @classmethod
     def execute(cls, folder, size) -> io.NodeOutput:
         return io.NodeOutput(load_image_folder(_resolve(folder, "folder"), size or None))
 
@@ -49,7 +64,8 @@ class LoadConceptMemory(io.ComfyNode):
             node_id="ContinualConcepts_LoadConceptMemory", display_name="Load Concept Memory", category=CATEGORY,
             description="Read a continual memory (.safetensors) written by Save Concept Memory or Merge.",
             inputs=[io.String.Input("path", default="continual_concepts/memory.safetensors",
-                                    tooltip="File: absolute, relative to the input folder, or to the output folder.")],
+                                    tooltip="File: absolute, or relative to the input folder, output/concept_memory/ "
+                                            "or the output folder.")],
             outputs=[Memory.Output(display_name="memory")],
         )
 
@@ -58,11 +74,9 @@ class LoadConceptMemory(io.ComfyNode):
         import folder_paths
 
         p = Path(path)
-        if not p.is_absolute() and not (Path(folder_paths.get_input_directory()) / p).exists():
-            p = Path(folder_paths.get_output_directory()) / p
-        else:
-            p = p if p.is_absolute() else Path(folder_paths.get_input_directory()) / p
-        return io.NodeOutput(ContinualMemory.load(p))
+        roots = [folder_paths.get_input_directory(), memory_dir(), folder_paths.get_output_directory()]
+        cands = [p] if p.is_absolute() else [Path(r) / p for r in roots]
+        return io.NodeOutput(ContinualMemory.load(next((c for c in cands if c.exists()), cands[-1])))
 
 
 class SaveConceptMemory(io.ComfyNode):
@@ -70,27 +84,18 @@ class SaveConceptMemory(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ContinualConcepts_SaveConceptMemory", display_name="Save Concept Memory", category=CATEGORY,
-            description="Write the memory under the output folder (atomic, never overwrites).", is_output_node=True,
+            description="Write the memory to output/concept_memory/<prefix>_NNNNN.safetensors (atomic, never "
+                        "overwrites).", is_output_node=True,
             inputs=[Memory.Input("memory", tooltip="The continual memory."),
-                    io.String.Input("filename_prefix", default="continual_concepts/memory",
-                                    tooltip="Relative path under the output folder; a counter is appended.")],
+                    io.String.Input("filename_prefix", default="memory",
+                                    tooltip="Name (may hold subfolders) under output/concept_memory/; a counter is "
+                                            "appended; empty or '.' means 'memory'.")],
             outputs=[io.String.Output(display_name="path")],
         )
 
     @classmethod
     def execute(cls, memory, filename_prefix) -> io.NodeOutput:
-        import folder_paths
-
-        path = next_free(folder_paths.get_output_directory(), filename_prefix, ".safetensors")
+        base = resolve_prefix(memory_dir(), filename_prefix, "memory")
+        path = base.with_name(f"{base.name}_{next_free([(base, '.safetensors')]):05d}.safetensors")
         memory.save(path)
         return io.NodeOutput(str(path), ui={"text": [str(path)]})
-
-
-def next_free(root: str, prefix: str, suffix: str) -> Path:
-    """root/prefix_00001suffix, the first counter not taken; the prefix cannot leave root."""
-    base = safe_output_path(root, prefix)
-    for i in range(1, 100000):
-        p = base.with_name(f"{base.name}_{i:05d}{suffix}")
-        if not p.exists():
-            return p
-    raise FileExistsError(f"filename_prefix '{prefix}': no free file name left")

@@ -1,15 +1,19 @@
-"""Merge into Checkpoint: one standard checkpoint with every learned concept baked in, plus beside it the
-memory, a per-concept LoRA (a row delta is a LoRA whose up-matrix selects rows) and the trigger embedding."""
+"""Merge into Checkpoint: one standard checkpoint with every learned concept baked in, plus, where ComfyUI's loaders
+look, the memory, a per-concept LoRA (a row delta is a LoRA whose up-matrix selects rows) and each trigger embedding."""
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import torch
 from comfy_api.latest import io
 
-from ..core.atomic_io import atomic_write
+from ..core.atomic_io import atomic_write, next_free, resolve_prefix
 from ..core.backends.comfy_backend import token_parts
+from ..core.carried import require_carried
 from ..core.export import row_delta_as_lora, save_embedding
-from .common import CATEGORY, Memory
-from .memory_nodes import next_free
+from .common import CATEGORY, Memory, reading_backend
+from .memory_nodes import memory_dir
 
 
 def lora_tensors(record, out_dims: dict[str, int]) -> dict[str, torch.Tensor]:
@@ -24,20 +28,28 @@ def lora_tensors(record, out_dims: dict[str, int]) -> dict[str, torch.Tensor]:
     return t
 
 
+def file_part(text: str) -> str:
+    """A concept name or trigger as part of a file name (no separators, no dots that hide the extension)."""
+    return re.sub(r"[^\w-]+", "_", text).strip("_") or "concept"
+
+
 class MergeIntoCheckpoint(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="ContinualConcepts_MergeIntoCheckpoint", display_name="Merge into Checkpoint", category=CATEGORY,
-            description="Write output/checkpoints/<prefix>_NNNNN.safetensors (loads with CheckpointLoaderSimple) and, "
-                        "beside it, the memory, one LoRA and one embedding per concept. Atomic; never overwrites.",
+            description="Write output/checkpoints/<prefix>_NNNNN.safetensors (loads with CheckpointLoaderSimple), one "
+                        "LoRA per concept to models/loras/ (LoraLoader), one embedding per trigger to models/embeddings/ "
+                        "and the memory to output/concept_memory/. Checks first that the model carries every concept "
+                        "of the memory. Atomic; never overwrites.",
             is_output_node=True,
             inputs=[io.Model.Input("model", tooltip="The trained model (carries the concepts as patches)."),
                     io.Clip.Input("clip", tooltip="The trained text encoder (carries the trigger tokens)."),
                     io.Vae.Input("vae", tooltip="The VAE to include."),
                     Memory.Input("memory", tooltip="The continual memory of the learned concepts."),
                     io.String.Input("filename_prefix", default="continual_concepts/merged",
-                                    tooltip="Relative path under output/checkpoints/; cannot leave the output folder.")],
+                                    tooltip="Name (may hold subfolders) under each file's folder; a counter is "
+                                            "appended; empty or '.' means 'merged'.")],
             outputs=[io.String.Output(display_name="checkpoint_path")],
         )
 
@@ -47,21 +59,29 @@ class MergeIntoCheckpoint(io.ComfyNode):
         import folder_paths
         from safetensors.torch import save_file
 
-        root = folder_paths.get_output_directory()
-        ckpt = next_free(root, f"checkpoints/{filename_prefix}", ".safetensors")
-        stem = ckpt.with_suffix("")
+        roots = {"checkpoints": Path(folder_paths.get_output_directory()) / "checkpoints", "memory": memory_dir(),
+                 "loras": Path(folder_paths.get_folder_paths("loras")[0]),
+                 "embeddings": Path(folder_paths.get_folder_paths("embeddings")[0])}
+        base = {k: resolve_prefix(r, filename_prefix, "merged") for k, r in roots.items()}
+        with reading_backend(model, clip) as b:
+            require_carried(memory, b)
+            dims = {l.name: l.weight.shape[0] for l in b.kv_layers()}
+        loras = [(c, f".{file_part(c.name)}.safetensors") for c in memory.concepts]
+        embs = [(c, f".{file_part(c.trigger)}.safetensors") for c in memory.concepts if c.token is not None]
+        n = next_free([(base["checkpoints"], ".safetensors"), (base["memory"], ".safetensors")]
+                      + [(base["loras"], s) for _, s in loras] + [(base["embeddings"], s) for _, s in embs])
+
+        def name(kind, suffix):
+            return base[kind].with_name(f"{base[kind].name}_{n:05d}{suffix}")
+
+        ckpt = name("checkpoints", ".safetensors")
         meta = {"continual_concepts": ", ".join(f"{c.name}={c.trigger}" for c in memory.concepts)}
         atomic_write(ckpt, lambda tmp: comfy.sd.save_checkpoint(tmp, model, clip, vae, metadata=meta))
-        memory.save(stem.with_name(stem.name + ".memory.safetensors"))
-        dims = {k[: -len(".weight")]: v.shape[0] for k, v in model.model.state_dict().items()
-                if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))}
-        written = [str(ckpt)]
-        for c in memory.concepts:
+        written = [ckpt, memory.save(name("memory", ".safetensors"))]
+        for c, suffix in loras:
             t = lora_tensors(c, dims)
-            p = stem.with_name(f"{stem.name}.{c.name}.lora.safetensors")
-            atomic_write(p, lambda tmp, t=t: save_file(t, tmp, metadata={"trigger": c.trigger}))
-            written.append(str(p))
-            if c.token is not None:
-                written.append(str(save_embedding(stem.with_name(f"{stem.name}.{c.trigger}.embedding.safetensors"),
-                                                  c.trigger, c.token, token_parts(clip))))
-        return io.NodeOutput(str(ckpt), ui={"text": written})
+            written.append(atomic_write(name("loras", suffix),
+                                        lambda tmp, t=t, c=c: save_file(t, tmp, metadata={"trigger": c.trigger})))
+        for c, suffix in embs:
+            written.append(save_embedding(name("embeddings", suffix), c.trigger, c.token, token_parts(clip)))
+        return io.NodeOutput(str(ckpt), ui={"text": [str(p) for p in written]})

@@ -6,10 +6,12 @@ import json
 import torch
 from comfy_api.latest import io
 
+from ..core.backends.counting import CountingBackend
+from ..core.carried import require_carried
 from ..core.dc_scores import dc_scores
 from ..core.images import check_image_batch
 from ..core.pictures import dc_chart
-from .common import CATEGORY, Memory, image, training_backend
+from .common import CATEGORY, Memory, image, progress, training_backend
 
 
 def candidates(memory, prompts: str) -> tuple[list[str], dict]:
@@ -46,8 +48,13 @@ class DCScoreProbe(io.ComfyNode):
     def execute(cls, model, clip, vae, images, prompts, timesteps, seed, memory=None) -> io.NodeOutput:
         images = check_image_batch(images)
         cands, tokens = candidates(memory, prompts)
+        total = len(images) * timesteps * len(cands)
         with training_backend(model, clip, vae) as b, torch.no_grad():
-            r = dc_scores(b, b.encode_images(images), b.encode_text(cands, tokens), n_timesteps=timesteps, seed=seed)
+            if memory is not None:
+                require_carried(memory, b)
+            x0, ctx = b.encode_images(images), b.encode_text(cands, tokens)
+            counted = CountingBackend(b, progress(total, lambda n, t: f"{n}/{t} denoiser evaluations"))
+            r = dc_scores(counted, x0, ctx, n_timesteps=timesteps, seed=seed)
         pred = [cands[i] for i in r.predicted.tolist()]
         data = {"candidates": cands, "probs": r.probs.tolist(), "errors": r.errors.tolist(), "predicted": pred,
                 "timesteps": r.timesteps.tolist()}

@@ -6,9 +6,10 @@ import json
 from comfy_api.latest import io
 
 from ..core.images import check_image_batch
-from ..core.neurons import SelectConfig, select_concept_neurons
+from ..core.neurons import SelectConfig, default_calibration_prompts, select_concept_neurons
 from ..core.pictures import neuron_map
-from .common import CATEGORY, Memory, Neurons, image, training_backend
+from ..core.validate import check_trigger_in_prompt
+from .common import CATEGORY, Memory, Neurons, image, progress, training_backend
 
 
 class SelectConceptNeurons(io.ComfyNode):
@@ -41,14 +42,15 @@ class SelectConceptNeurons(io.ComfyNode):
     def execute(cls, model, clip, vae, images, prompt, trigger, budget_pct, calibration_prompts, general_scoring,
                 seed, batch_size=4, memory=None) -> io.NodeOutput:
         images = check_image_batch(images)
+        check_trigger_in_prompt(prompt, trigger)
         cfg = SelectConfig(budget_pct=budget_pct, n_calibration=calibration_prompts, general_scoring=general_scoring, seed=seed,
                            batch_size=batch_size)
         with training_backend(model, clip, vae) as b:
             b.trigger_token_id(trigger)
-            if trigger not in prompt.split():
-                raise ValueError(f"prompt: must contain the trigger word '{trigger}'")
+            passes = 1 + min(calibration_prompts, len(default_calibration_prompts()))
             sel = select_concept_neurons(b, b.encode_images(images), prompt, cfg,
-                                         prev_rows=memory.prev_rows() if memory else None)
+                                         prev_rows=memory.prev_rows() if memory else None,
+                                         progress=progress(passes, lambda i, t: f"scoring pass {i}/{t}"))
             sizes = {l.name: l.weight.shape[0] for l in b.kv_layers()}
         pic = image(neuron_map(sel.rows, sizes, f"concept neurons for '{trigger}'"))
         rep = {k: v for k, v in sel.report.items() if k not in ("calibration_prompts",)}

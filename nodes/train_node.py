@@ -1,17 +1,18 @@
 """Continual Train Step (DC-regularized): learn one concept; returns patched clones, never edits the input."""
 from __future__ import annotations
 
-import copy
-
 import torch
 from comfy_api.latest import io
 
+from ..core.carried import require_carried, summed_changes, without
 from ..core.continual import update_fisher
 from ..core.images import check_image_batch
 from ..core.memory import ConceptRecord, ContinualMemory
 from ..core.pictures import loss_curve
 from ..core.train import TrainConfig, train_concept
-from .common import CATEGORY, Memory, Neurons, image, patched_clip, patched_model, progress, training_backend
+from ..core.validate import check_trigger_in_prompt, concepts_to_replace
+from .common import (CATEGORY, Memory, Neurons, image, patched_clip, patched_model, progress, reading_backend,
+                     training_backend)
 
 
 class ContinualTrainStep(io.ComfyNode):
@@ -50,6 +51,9 @@ class ContinualTrainStep(io.ComfyNode):
                                  tooltip="Recompute UNet blocks in the backward pass: less memory, slower (their forward runs twice)."),
                 Memory.Input("memory", optional=True, tooltip="Continual memory from earlier concepts (none: first concept)."),
                 io.String.Input("generic_prompt", default="a photo", tooltip="DC candidate standing for what the model drew before."),
+                io.Boolean.Input("replace", default=False,
+                                 tooltip="Learn again a concept the memory already has (same name or trigger): its "
+                                         "change is taken out of the model and the memory first. Off: that is an error."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
                      Memory.Output(display_name="memory"), io.Image.Output(display_name="loss_curve")],
@@ -58,18 +62,29 @@ class ContinualTrainStep(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, images, neurons, prompt, trigger, name, steps, lr, lam_prev, lam_base, lam_ewc,
                 lam_dsc, dc_every, seed, train_token=True, batch_size=4,
-                gradient_checkpointing=False, memory=None, generic_prompt="a photo") -> io.NodeOutput:
+                gradient_checkpointing=False, memory=None, generic_prompt="a photo", replace=False) -> io.NodeOutput:
         images = check_image_batch(images)
+        check_trigger_in_prompt(prompt, trigger)
+        old = concepts_to_replace(memory, name, trigger, replace)
         cfg = TrainConfig(steps=steps, lr=lr, lam_prev=lam_prev, lam_base=lam_base, lam_ewc=lam_ewc, lam_dsc=lam_dsc,
                           dc_every=dc_every, train_token=train_token, seed=seed,
                           batch_size=batch_size, gradient_checkpointing=gradient_checkpointing)
         cfg.validate()
+        if old:  # the memory must explain the model as it came in, before anything is taken out
+            with reading_backend(model, clip) as b:
+                require_carried(memory, b)
+            with torch.inference_mode(False):
+                model = patched_model(model, summed_changes(old, -1.0))
         with training_backend(model, clip, vae) as b:
             b.trigger_token_id(trigger)
-            mem = copy.deepcopy(memory) if memory is not None else ContinualMemory.for_model(b, generic_prompt)
-            mem.check_model(b)
+            if memory is not None:
+                mem = without(memory, old)
+                require_carried(mem, b)
+            else:
+                mem = ContinualMemory.for_model(b, generic_prompt)
             x0 = b.encode_images(images)
-            res = train_concept(b, x0, prompt, trigger, neurons.rows, mem, cfg, callback=progress(steps))
+            cb = progress(steps, lambda s, t, terms: f"step {s}/{t} loss {terms.get('total', 0):.4f}")
+            res = train_concept(b, x0, prompt, trigger, neurons.rows, mem, cfg, callback=cb)
             rec = ConceptRecord(name, trigger, prompt, {n: r for n, (r, _) in res.deltas.items()},
                                 {n: d for n, (_, d) in res.deltas.items()}, res.token, config={"train": res.config},
                                 metrics={"seconds": res.seconds, "final_loss": res.history[-1]["diff"]})

@@ -187,6 +187,7 @@ class ComfyBackend(Backend):
 
     def token_row(self, trigger):
         tid = self.trigger_token_id(trigger)
+        self.clip.load_model()  # the CLIP's own patches (a learned token) are on its weights only once loaded
         return torch.cat([m.transformer.get_input_embeddings().weight[tid].detach().float().cpu()
                           for _, m in text_encoders(self.clip)])
 

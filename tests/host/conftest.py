@@ -88,3 +88,34 @@ def teach():
                     m2=m2, c2=c2, mem=mem, loss=loss, before=before)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def trained(loaded, teach):
+    """One concept ('a', trigger 'sks') learned on the slim checkpoint, shared by the in-process tests."""
+    return teach(*loaded, budget_pct=0.5)
+
+
+@pytest.fixture
+def comfy_dirs(tmp_path, monkeypatch):
+    """ComfyUI's output folder and its loras / embeddings folders moved into tmp_path for one test."""
+    import folder_paths
+
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    for kind in ("loras", "embeddings"):
+        monkeypatch.setitem(folder_paths.folder_names_and_paths, kind,
+                            ([str(tmp_path / "models" / kind)], folder_paths.folder_names_and_paths[kind][1]))
+    return tmp_path
+
+
+def run_node(node, **kw):
+    """A node's execute() under inference_mode, as ComfyUI runs it; its output values."""
+    return run_node_ui(node, **kw).args
+
+
+def run_node_ui(node, **kw):
+    """The same, returning the whole NodeOutput (values and what the UI is sent)."""
+    import torch
+
+    with torch.inference_mode():
+        return node.execute(**kw)

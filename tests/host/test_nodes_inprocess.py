@@ -9,14 +9,8 @@ pytest.importorskip("comfy_api")
 KV = ("attn2.to_k.weight", "attn2.to_v.weight")
 
 
-def run(node, **kw):
-    with torch.inference_mode():
-        return node.execute(**kw).args
-
-
-@pytest.fixture(scope="module")
-def trained(loaded, teach):
-    return teach(*loaded, budget_pct=0.5)
+from conftest import run_node as run
+from conftest import run_node_ui
 
 
 def test_select_reports_and_pictures(trained):
@@ -72,8 +66,8 @@ def test_gradient_checkpointing_gives_the_same_concept_and_is_undone(trained):
     from continual_concepts.nodes.train_node import ContinualTrainStep
 
     t = trained
-    kw = dict(model=t["model"], clip=t["clip"], vae=t["vae"], images=t["images"], neurons=t["neurons"],
-              prompt="a photo of sks", trigger="sks", name="c", steps=2, lr=1e-2, lam_prev=1.0, lam_base=0.1,
+    kw = dict(model=t["m2"], clip=t["c2"], vae=t["vae"], images=t["images"], neurons=t["neurons"],
+              prompt="a photo of ohwx", trigger="ohwx", name="c", steps=2, lr=1e-2, lam_prev=1.0, lam_base=0.1,
               lam_ewc=0, lam_dsc=1.0, dc_every=1, seed=0, batch_size=2, memory=t["mem"])
     plain = run(ContinualTrainStep, **kw)[2].concepts[-1]
     ckpt = run(ContinualTrainStep, **kw, gradient_checkpointing=True)[2].concepts[-1]
@@ -167,17 +161,31 @@ def test_probe_json_and_predicted(trained):
     assert all(abs(sum(p) - 1) < 1e-4 for p in data["probs"]) and len(pred.splitlines()) == 2
 
 
-def test_merge_writes_loadable_checkpoint_with_only_selected_rows_changed(trained, tmp_path, lora_kv):
+def test_merge_writes_each_file_where_comfyui_loaders_look(trained, comfy_dirs, lora_kv):
+    """Checkpoint in output/checkpoints/, LoRA in loras, embedding in embeddings (as the stock loaders list them),
+    memory in output/concept_memory/; the report names every file; files are 0644; only selected rows changed."""
+    import os
+
     import comfy.sd
     import folder_paths
     from safetensors.torch import load_file
 
     from continual_concepts.nodes.merge_node import MergeIntoCheckpoint
 
-    folder_paths.set_output_directory(str(tmp_path))
-    (path,) = run(MergeIntoCheckpoint, model=trained["m2"], clip=trained["c2"], vae=trained["vae"],
-                  memory=trained["mem"], filename_prefix="cc/test")
-    assert path.startswith(str(tmp_path / "checkpoints")) and path.endswith("_00001.safetensors")
+    out = comfy_dirs / "output"
+    res = run_node_ui(MergeIntoCheckpoint, model=trained["m2"], clip=trained["c2"], vae=trained["vae"],
+                                      memory=trained["mem"], filename_prefix="cc/test")
+    path = res.args[0]
+    written = res.ui["text"]
+    assert written == [str(out / "checkpoints/cc/test_00001.safetensors"),
+                       str(out / "concept_memory/cc/test_00001.safetensors"),
+                       str(comfy_dirs / "models/loras/cc/test_00001.a.safetensors"),
+                       str(comfy_dirs / "models/embeddings/cc/test_00001.sks.safetensors")]
+    assert path == written[0] and all(os.stat(f).st_mode & 0o777 == 0o644 for f in written)
+    assert "cc/test_00001.a.safetensors" in folder_paths.get_filename_list("loras")
+    assert "cc/test_00001.sks.safetensors" in folder_paths.get_filename_list("embeddings")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        ["checkpoints/cc/test_00001.safetensors", "concept_memory/cc/test_00001.safetensors"]
     sd = load_file(path)
     rows = trained["neurons"].rows
     for k, v in trained["before"].items():
@@ -186,8 +194,7 @@ def test_merge_writes_loadable_checkpoint_with_only_selected_rows_changed(traine
     assert any((sd["model." + k].float() != v.half().float()).any() for k, v in trained["before"].items())
     m, c, v, _ = comfy.sd.load_checkpoint_guess_config(path)
     assert type(m.model.model_config).__name__ == "SD15"
-    stem = path[: -len(".safetensors")]
-    applied = lora_kv(trained["model"], load_file(f"{stem}.a.lora.safetensors"))  # as the stock LoraLoader does
+    applied = lora_kv(trained["model"], load_file(written[2]))  # as the stock LoraLoader does
     for k, v in applied.items():
         assert torch.allclose(v, sd["model." + k].float(), atol=2e-3), k
     assert any(not torch.equal(applied[k], v.float()) for k, v in trained["before"].items())
@@ -195,11 +202,10 @@ def test_merge_writes_loadable_checkpoint_with_only_selected_rows_changed(traine
     tid = trained["clip"].tokenize("sks")["l"][0][1][0]
     emb = sd["cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"]
     assert torch.allclose(emb[tid].float(), token, atol=1e-2), "merged checkpoint lacks the learned token"
-    assert load_file(f"{stem}.sks.embedding.safetensors")["emb_params"].shape == (1, 768)
-    with pytest.raises(Exception):  # never overwrite: a second merge gets the next counter, not this name
-        from continual_concepts.core.atomic_io import atomic_write
-
-        atomic_write(path, lambda tmp: None)
+    assert load_file(written[3])["emb_params"].shape == (1, 768)
+    again = run(MergeIntoCheckpoint, model=trained["m2"], clip=trained["c2"], vae=trained["vae"],
+                memory=trained["mem"], filename_prefix="cc/test")[0]
+    assert again.endswith("test_00002.safetensors")  # never overwrite: the next counter for every file
 
 
 def tiny_sd3():
@@ -244,8 +250,8 @@ def test_bad_input_gives_one_clear_error(trained, case, tmp_path):
         with pytest.raises(ValueError, match="candidates"):
             run(DCScoreProbe, **common, images=t["images"], prompts="  \n", timesteps=1, seed=0)
     elif case == "bad_trigger":
-        with pytest.raises(ValueError, match="trigger"):
-            run(ContinualTrainStep, **{**train_kw, "trigger": "not a word"})
+        with pytest.raises(ValueError, match="trigger 'not a word' is 3 tokens"):
+            run(ContinualTrainStep, **{**train_kw, "trigger": "not a word", "prompt": "a photo of not a word"})
     elif case == "prefix_escape":
         import folder_paths
 

@@ -54,7 +54,7 @@ def server(slim_ckpt, tmp_path_factory):
                 if proc.poll() is not None:
                     raise RuntimeError((base / "server.log").read_text()[-3000:])
                 time.sleep(1)
-        yield url, base
+        yield url, base, proc
     finally:
         proc.terminate()
         proc.wait(30)
@@ -78,7 +78,7 @@ def queue(url, wf, tmp_path, name):
 
 
 def test_every_node_type_is_registered(server):
-    url, _ = server
+    url, _, _ = server
     info = json.load(urllib.request.urlopen(url + "/object_info"))
     for wf in (PACK / "workflows").glob("*.json"):
         data = json.loads(wf.read_text())
@@ -97,7 +97,7 @@ def test_every_node_type_is_registered(server):
 def test_api_workflow_runs(server, name, slim_ckpt, tmp_path):
     from safetensors.torch import load_file
 
-    url, base = server
+    url, base, _ = server
     wf = small(json.loads((PACK / "workflows" / f"{name}.api.json").read_text()))
     outputs = queue(url, wf, tmp_path, name)
     probes = [o["text"][0] for k, o in outputs.items() if wf[k]["class_type"] == "ContinualConcepts_DCScoreProbe"]
@@ -116,7 +116,12 @@ def test_api_workflow_runs(server, name, slim_ckpt, tmp_path):
             changed_rows += int((merged[k] != v).any(1).sum())
         elif k.startswith(("model.diffusion_model.", "cond_stage_model.")) and not k.endswith("token_embedding.weight"):
             assert torch.equal(merged[k], v), f"{k} changed outside the K/V rows and trigger tokens"
-    mem = ck.with_name(ck.stem + ".memory.safetensors")
+    written = [Path(f) for k, o in outputs.items() if wf[k]["class_type"] == "ContinualConcepts_MergeIntoCheckpoint"
+               for f in o["text"]]
+    assert all(f.is_file() for f in written)
+    assert {f.parent.relative_to(base).parts[:2] for f in written} == {
+        ("output", "checkpoints"), ("output", "concept_memory"), ("models", "loras"), ("models", "embeddings")}
+    mem = next(f for f in written if "concept_memory" in f.parts)
     from continual_concepts.core.memory import ContinualMemory
 
     concepts = ContinualMemory.load(mem).concepts
@@ -135,7 +140,7 @@ def test_api_workflow_runs(server, name, slim_ckpt, tmp_path):
 
 def test_training_branch_leaves_plain_branch_unchanged(server, tmp_path):
     """One graph feeds the base model to training and to a plain sampler: the plain image equals a plain-only run."""
-    url, base = server
+    url, base, _ = server
     wf = small(json.loads((PACK / "workflows" / "one_concept.api.json").read_text()))
     plain = {"81": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a photo of a cat"}},
              "82": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["81", 0], "negative": ["81", 0],
@@ -153,6 +158,53 @@ def test_training_branch_leaves_plain_branch_unchanged(server, tmp_path):
     ia = np.asarray(Image.open(base / "output" / a["subfolder"] / a["filename"]))
     ib = np.asarray(Image.open(base / "output" / b["subfolder"] / b["filename"]))
     assert np.array_equal(ia, ib)
+
+
+def test_client_exits_1_naming_a_node_with_a_missing_input(server, tmp_path):
+    """The server answers 200 with node_errors and runs the valid branch; the client must not call that success."""
+    url, _, _ = server
+    wf = small(json.loads((PACK / "workflows" / "probe_only.api.json").read_text()))
+    broken = {k: v for k, v in wf["3"]["inputs"].items() if k != "images"}
+    wf["99"] = {"class_type": "ContinualConcepts_DCScoreProbe", "inputs": broken}
+    p = tmp_path / "broken.json"
+    p.write_text(json.dumps(wf))
+    out = subprocess.run([sys.executable, "-m", "continual_concepts", "queue", str(p), "--server", url],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1 and out.stdout == "", out.stderr[-2000:]
+    assert "error: node 99 (ContinualConcepts_DCScoreProbe): Required input is missing" in out.stderr
+
+
+def test_client_waits_through_a_server_stalled_for_40_s(server, tmp_path):
+    """SIGSTOP the server right after the prompt is queued, SIGCONT 40 s later: the client retries its timed-out
+    requests and exits 0 with the prompt's outputs."""
+    import os
+    import signal
+
+    url, _, proc = server
+    wf = small(json.loads((PACK / "workflows" / "probe_only.api.json").read_text()))
+    wf["3"]["inputs"].update(seed=int(time.time()) % 100000, timesteps=100)  # not cached; runs a while
+    p = tmp_path / "stall.json"
+    p.write_text(json.dumps(wf))
+    t0 = time.time()
+    client = subprocess.Popen([sys.executable, "-m", "continual_concepts", "queue", str(p), "--server", url,
+                               "--http-timeout", "15"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err = []
+    for line in client.stderr:
+        err.append(line)
+        if line.startswith("queued "):
+            break
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(40)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    out, rest = client.communicate(timeout=600)
+    err.append(rest)
+    assert client.returncode == 0, "".join(err)[-3000:]
+    assert time.time() - t0 >= 40 and "retrying" in "".join(err)
+    res = json.loads(out.strip().splitlines()[-1])
+    assert "3" in res["outputs"]
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -183,7 +235,7 @@ def frontend(server, tmp_path_factory):
     """The real ComfyUI frontend served by the test server, open in headless Chromium."""
     if not CHROMIUM:
         pytest.skip("no chromium on PATH (Debian package 'chromium'): UI-workflow check skipped")
-    url, _ = server
+    url, _, _ = server
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -1,0 +1,27 @@
+"""Checks that cost nothing and so run before any model work: the prompt names its trigger, and a concept's name
+and trigger are new to the memory (or the caller asked to replace the concept that has them)."""
+from __future__ import annotations
+
+import re
+
+from .memory import ConceptRecord, ContinualMemory
+
+
+def check_trigger_in_prompt(prompt: str, trigger: str) -> None:
+    """The trigger must stand as a word in the prompt, or its token never trains (punctuation may touch it)."""
+    if not trigger.strip():
+        raise ValueError("trigger: empty; give a rare word that is exactly one token (e.g. 'sks')")
+    if not re.search(rf"(?<![\w]){re.escape(trigger.strip())}(?![\w])", prompt):
+        raise ValueError(f"prompt: must contain the trigger word '{trigger.strip()}' (got '{prompt}')")
+
+
+def concepts_to_replace(memory: ContinualMemory | None, name: str, trigger: str, replace: bool) -> list[ConceptRecord]:
+    """The memory's concepts with this name or trigger: an error unless replace, else the ones to take out."""
+    if not name.strip():
+        raise ValueError("name: empty; give the concept a name")
+    clash = [c for c in (memory.concepts if memory is not None else []) if c.name == name or c.trigger == trigger]
+    if clash and not replace:
+        what = "; ".join(f"'{c.name}' (trigger '{c.trigger}')" for c in clash)
+        raise ValueError(f"name/trigger: the memory already has concept {what}: pick a new name and trigger, or set "
+                         "replace to learn it again")
+    return clash
