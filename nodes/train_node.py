@@ -5,11 +5,11 @@ import torch
 from comfy_api.latest import io
 
 from ..core.carried import require_carried, summed_changes, without
-from ..core.continual import update_fisher
+from ..core.continual import train_into_memory
 from ..core.images import check_image_batch
-from ..core.memory import ConceptRecord, ContinualMemory
+from ..core.memory import ContinualMemory
 from ..core.pictures import loss_curve
-from ..core.train import TrainConfig, train_concept
+from ..core.train import TrainConfig
 from ..core.validate import check_trigger_in_prompt, concepts_to_replace
 from .common import (CATEGORY, Memory, Neurons, image, patched_clip, patched_model, progress, reading_backend,
                      training_backend)
@@ -35,12 +35,17 @@ class ContinualTrainStep(io.ComfyNode):
                 io.String.Input("trigger", default="sks", tooltip="The concept's trigger word (one token)."),
                 io.String.Input("name", default="my-concept", tooltip="Name of the concept in the memory."),
                 io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimisation steps (>= 1)."),
-                f("lr", default=2e-3, min=1e-7, max=1.0, step=1e-4, tooltip="Learning rate of the row deltas."),
+                f("lr", default=TrainConfig.lr, min=1e-6, max=1.0, step=1e-4,
+                  tooltip="Learning rate of the row deltas, relative: a fraction of each K/V layer's weight RMS per "
+                          "step, so one value fits SD1.5 and SDXL alike (the token's relative lr is fixed at "
+                          f"{TrainConfig.token_lr})."),
                 f("lam_prev", default=1.0, min=0, max=1e6, step=0.01, tooltip="CNS: keep rows of earlier concepts (0 = off)."),
                 f("lam_base", default=0.1, min=0, max=1e6, step=0.01, tooltip="CNS: keep new rows near pretrained (0 = off)."),
                 f("lam_ewc", default=1.0, min=0, max=1e6, step=0.01, tooltip="EWC with the DC-score Fisher (0 = off)."),
                 f("lam_dsc", default=1.0, min=0, max=1e6, step=0.01, tooltip="DSC distillation from the model before (0 = off)."),
-                io.Int.Input("dc_every", default=5, min=1, max=1000, tooltip="Run DSC every k steps."),
+                io.Int.Input("dc_every", default=TrainConfig.dc_every, min=1, max=1000,
+                             tooltip="Run DSC every k steps (1: every step; its term on the generic prompt keeps the "
+                                     "unconditional branch guidance needs, so rows do not break other prompts)."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Seed: same seed, same result on CPU."),
                 io.Boolean.Input("train_token", default=True,
@@ -84,14 +89,7 @@ class ContinualTrainStep(io.ComfyNode):
                 mem = ContinualMemory.for_model(b, generic_prompt)
             x0 = b.encode_images(images)
             cb = progress(steps, lambda s, t, terms: f"step {s}/{t} loss {terms.get('total', 0):.4f}")
-            res = train_concept(b, x0, prompt, trigger, neurons.rows, mem, cfg, callback=cb)
-            rec = ConceptRecord(name, trigger, prompt, {n: r for n, (r, _) in res.deltas.items()},
-                                {n: d for n, (_, d) in res.deltas.items()}, res.token, config={"train": res.config},
-                                metrics={"seconds": res.seconds, "final_loss": res.history[-1]["diff"]})
-            mem.record_pretrained(b, rec.rows)
-            mem.add_concept(rec)
-            if lam_ewc > 0:
-                update_fisher(b, mem, x0, cfg, at=res.deltas)
+            res, _ = train_into_memory(b, mem, x0, name, trigger, prompt, neurons.rows, cfg, callback=cb)
             out_clip = patched_clip(clip, b, trigger, res.token)
         with torch.inference_mode(False):
             out_model = patched_model(model, res.deltas)
