@@ -65,15 +65,16 @@ def test_probe_on_sdxl(sdxl):
     assert all(abs(sum(p) - 1) < 1e-4 for p in data["probs"])
 
 
-def test_merge_sdxl_checkpoint_lora_and_two_part_embedding(sdxl, tmp_path, lora_kv):
-    import folder_paths
+def test_merge_sdxl_checkpoint_lora_and_two_part_embedding(sdxl, comfy_dirs, lora_kv):
     from safetensors.torch import load_file
 
     from continual_concepts.nodes.merge_node import MergeIntoCheckpoint
 
-    folder_paths.set_output_directory(str(tmp_path))
-    (path,) = run(MergeIntoCheckpoint, model=sdxl["m2"], clip=sdxl["c2"], vae=sdxl["vae"], memory=sdxl["mem"],
-                  filename_prefix="cc/sdxl")
+    with torch.inference_mode():
+        res = MergeIntoCheckpoint.execute(model=sdxl["m2"], clip=sdxl["c2"], vae=sdxl["vae"], memory=sdxl["mem"],
+                                          filename_prefix="cc/sdxl")
+    path = res.args[0]
+    written = res.ui["text"]  # checkpoint, memory, then each LoRA (models/loras) and embedding (models/embeddings)
     sd = load_file(path)
     rows = sdxl["neurons"].rows
     for k, v in sdxl["before"].items():  # UNet: only the selected K/V rows changed
@@ -83,12 +84,13 @@ def test_merge_sdxl_checkpoint_lora_and_two_part_embedding(sdxl, tmp_path, lora_
     token = sdxl["mem"].concepts[0].token
     assert torch.allclose(sd[L_KEY][tid].float(), token[:768], atol=1e-2)  # the trigger works from the checkpoint
     assert torch.allclose(sd[G_KEY][tid].float(), token[768:], atol=1e-2)
-    stem = path[: -len(".safetensors")]
-    emb = load_file(f"{stem}.sks.embedding.safetensors")
+    (emb_file,) = [f for f in written if "/embeddings/" in f and f.endswith(".sks.safetensors")]
+    emb = load_file(emb_file)
     assert emb["clip_l"].shape == (1, 768) and emb["clip_g"].shape == (1, 1280)  # ComfyUI's SDXL embedding keys
 
     # the per-concept LoRA, loaded the way LoraLoader loads it, reproduces the trained K/V rows on the base model
-    applied = lora_kv(sdxl["model"], load_file(f"{stem}.a.lora.safetensors"))
+    (lora_file,) = [f for f in written if "/loras/" in f and f.endswith(".a.safetensors")]
+    applied = lora_kv(sdxl["model"], load_file(lora_file))
     for k, v in applied.items():
         assert torch.allclose(v, sd["model." + k].float(), atol=2e-3), k
     assert any(not torch.equal(applied[k], v.float()) for k, v in sdxl["before"].items())
