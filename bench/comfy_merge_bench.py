@@ -97,6 +97,8 @@ def side(which: str, d: Path, repeats: int) -> dict:
         def save(i):
             with torch.inference_mode():  # a fresh node per save: it reads the output folder in __init__
                 CheckpointSave().save(m2, c2, vae, f"checkpoints/bench/comfy_{i}")
+    for kind in ("loras", "embeddings"):  # Merge writes these where ComfyUI's loaders look: keep them in out_dir
+        folder_paths.folder_names_and_paths[kind] = ([str(out_dir / kind)], folder_paths.folder_names_and_paths[kind][1])
     times, extra = [], []
     for i in range(repeats + 1):  # the first save is the warm-up
         shutil.rmtree(out_dir, ignore_errors=True)
