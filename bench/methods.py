@@ -6,6 +6,7 @@ clora        K/V LoRA per task + C-LoRA self-regulariser || |sum of past BA| ⊙
 cns          concept-neuron selection + CNS L_reg (rows of earlier concepts / pretrained rows)
 cns+ewc      + EWC with the online DC-score Fisher
 cns+ewc+dsc  + DSC distillation against the model before the concept (our default)
+cns+dsc      CNS + DSC without EWC-DC (is the Fisher penalty worth its place in the default?)
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from ..core.memory import ConceptRecord
 from ..core.row_delta import Switchable, all_rows, layer_rms
 from ..core.train import TrainConfig, train_concept
 
-METHODS = ("naive", "clora", "cns", "cns+ewc", "cns+ewc+dsc")
+METHODS = ("naive", "clora", "cns", "cns+ewc", "cns+ewc+dsc", "cns+dsc")
 DEFAULT_METHOD = "cns+ewc+dsc"
 
 
@@ -66,6 +67,8 @@ def _train_cfg(method: str, base: TrainConfig) -> TrainConfig:
         return replace(base, lam_ewc=0, lam_dsc=0)
     if method == "cns+ewc":
         return replace(base, lam_dsc=0)
+    if method == "cns+dsc":
+        return replace(base, lam_ewc=0)
     return base
 
 

@@ -32,6 +32,8 @@ def test_method_learns_two_concepts(method):
         assert "clora" in res.history[-1]
     if method == "cns+ewc+dsc":
         assert any("dsc" in h for h in res.history) and "ewc" in res.history[-1]
+    if method == "cns+dsc":
+        assert any("dsc" in h for h in res.history) and not any("ewc" in h for h in res.history)
 
 
 def test_unknown_method_is_a_clear_error():
