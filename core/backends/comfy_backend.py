@@ -92,10 +92,13 @@ class ComfyBackend(Backend):
         self._patched_forward: list[torch.nn.Module] = []
         self._pooled_width: int | None = None
         self._size_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._frozen: list[torch.nn.Parameter] = []
 
     # ------------------------------------------------------------------ weights
     def prepare_for_training(self) -> int:
-        """Swap inference tensors (ComfyUI loads under inference_mode) for ordinary copies; returns the count."""
+        """Swap inference tensors (ComfyUI loads under inference_mode) for ordinary copies, and freeze every host
+        parameter until close(): a model loaded outside inference mode has trainable parameters, which would
+        all receive .grad (memory and time spent on weights we never change). Returns the count swapped."""
         import comfy.utils
 
         n = 0
@@ -105,6 +108,10 @@ class ComfyBackend(Backend):
                 if p.is_inference():
                     comfy.utils.set_attr_param(root, name, p.clone())
                     n += 1
+            for p in root.parameters():
+                if p.requires_grad:
+                    self._frozen.append(p)
+                    p.requires_grad_(False)
         return n
 
     def _module(self, layer):
@@ -137,12 +144,16 @@ class ComfyBackend(Backend):
                 self._patched_forward.append(block)
 
     def close(self):
-        """Leave the shared modules as they were: no row-delta hooks, no checkpointing wrappers."""
+        """Leave the shared modules as they were: no row-delta hooks, no checkpointing wrappers, the parameters
+        prepare_for_training froze trainable again."""
         for layer in list(self._hooks):
             self.clear_row_delta(layer)
         for block in self._patched_forward:
             del block.forward
         self._patched_forward.clear()
+        for p in self._frozen:
+            p.requires_grad_(True)
+        self._frozen.clear()
 
     def bake_rows(self, layer, rows, delta):
         raise NotImplementedError("ComfyUI models are shared between nodes: return patches, never bake")

@@ -275,3 +275,24 @@ def test_bad_input_gives_one_clear_error(trained, case, tmp_path):
             run(SelectConceptNeurons, model=inpaint, clip=clip, vae=t["vae"], images=t["images"], prompt="a photo of sks",
                 trigger="sks", budget_pct=0.5, calibration_prompts=2, general_scoring="activation", seed=0)
     assert not t["model"].patches
+
+
+def test_training_freezes_every_host_parameter_and_restores_it(loaded):
+    """A model loaded outside inference mode keeps trainable parameters: a train step must give no .grad to any
+    UNet or CLIP parameter (only the row deltas and the token train), and closing the backend restores the flags."""
+    from continual_concepts.core.train import TrainConfig, train_concept
+    from continual_concepts.nodes.common import training_backend
+
+    model, clip, vae = loaded
+    roots = [model.model, clip.cond_stage_model]
+    flags = [[p.requires_grad for p in r.parameters()] for r in roots]
+    assert any(any(f) for f in flags), "premise: this load leaves parameters trainable"
+    images = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    with training_backend(model, clip, vae) as b:
+        rows = {l.name: torch.arange(4) for l in b.kv_layers()[:2]}
+        res = train_concept(b, b.encode_images(images), "a photo of sks", "sks", rows, None,
+                            TrainConfig(steps=1, lam_ewc=0, lam_dsc=0))
+        with_grad = [n for r in roots for n, p in r.named_parameters() if p.grad is not None]
+    assert res.token is not None and all(d.abs().sum() > 0 for _, d in res.deltas.values())
+    assert with_grad == [], f"{len(with_grad)} host parameters received .grad, e.g. {with_grad[:3]}"
+    assert [[p.requires_grad for p in r.parameters()] for r in roots] == flags
