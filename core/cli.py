@@ -1,4 +1,4 @@
-"""Command line: select, train, probe, merge, sequence, queue (`python -m continual_concepts --help`).
+"""Command line: select, train, probe, merge, sequence, memory show, queue (`python -m continual_concepts --help`).
 
 Bad input gives a one-line message and exit code 2, with nothing written."""
 from __future__ import annotations
@@ -224,6 +224,31 @@ def cmd_queue(a):
                        *(["--timeout", str(a.timeout)] if a.timeout else [])])
 
 
+def memory_table(info: dict) -> str:
+    """`memory show` as text: the file and its base model, then one line per concept."""
+    def cell(v, fmt="{}"):
+        return "–" if v is None else fmt.format(v)
+
+    head = [f"file: {info['file']} ({info['bytes'] / 1024:.1f} KiB, format version {info['format_version']})",
+            f"base model fingerprint: {info['fingerprint'][:16]}", f"generic prompt: {info['generic_prompt']!r}",
+            f"concepts: {len(info['concepts'])}"]
+    cols = ["name", "trigger", "prompt", "rows", "% UNet params", "steps", "seconds", "date", "final loss"]
+    rows = [[c["name"], c["trigger"], c["prompt"], str(c["rows"]), cell(c["params_pct"], "{:.3f}"),
+             cell(c["steps"]), cell(c["seconds"], "{:.1f}"), cell(c["date"]), cell(c["final_loss"], "{:.4f}")]
+            for c in info["concepts"]]
+    width = [max(len(x) for x in col) for col in zip(cols, *rows)]
+    line = lambda r: "  ".join(x.ljust(w) for x, w in zip(r, width)).rstrip()  # noqa: E731
+    return "\n".join(head + ([line(cols)] + [line(r) for r in rows] if rows else []))
+
+
+def cmd_memory_show(a):
+    from .memory import ContinualMemory
+
+    info = {"file": str(a.file), "bytes": Path(a.file).stat().st_size if Path(a.file).is_file() else 0,
+            **ContinualMemory.load(a.file).summary()}
+    print(json.dumps(info) if a.json else memory_table(info))
+
+
 def build_parser():
     from .neurons import SelectConfig
     from .train import TrainConfig
@@ -280,6 +305,12 @@ def build_parser():
     _cfg_args(q, SelectConfig, "select-")
     _cfg_args(q, TrainConfig)
     q.set_defaults(fn=cmd_sequence)
+
+    mm = sub.add_parser("memory", help="look into a continual memory file").add_subparsers(dest="what", required=True)
+    ms = mm.add_parser("show", help="base model and every concept: trigger, prompt, rows, steps, date, loss")
+    ms.add_argument("file")
+    ms.add_argument("--json", action="store_true", help="one JSON object instead of the table")
+    ms.set_defaults(fn=cmd_memory_show)
 
     w = sub.add_parser("queue", help="queue an API-format workflow on a running ComfyUI")
     w.add_argument("workflow")

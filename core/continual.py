@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 
 import torch
 
@@ -63,13 +64,16 @@ def train_into_memory(
     if any(c.name == name for c in memory.concepts):
         raise ValueError(f"concept name '{name}' is already in this memory")
     res = train_concept(backend, x0, captions or prompt, trigger, rows, memory, train_cfg, callback)
+    n_params = sum(d.numel() for _, d in res.deltas.values())
     record = ConceptRecord(
         name, trigger, prompt,
         rows={n: r for n, (r, _) in res.deltas.items()},
         delta={n: d for n, (_, d) in res.deltas.items()},
         token=res.token,
         config={"train": res.config},
-        metrics={**(metrics or {}), "seconds": res.seconds, "final_loss": res.history[-1]["diff"]},
+        metrics={**(metrics or {}), "seconds": res.seconds, "final_loss": res.history[-1]["diff"],
+                 "params_pct": 100 * n_params / backend.unet_param_count(),
+                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
     )
     memory.record_pretrained(backend, record.rows)
     memory.add_concept(record)

@@ -63,6 +63,7 @@ class ContinualMemory:
         self.pretrained: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.fisher: dict[str, torch.Tensor] = {}
         self.fisher_updates = 0
+        self.format_version = VERSION  # of the file it was loaded from
 
     @classmethod
     def for_model(cls, backend: Backend, generic_prompt: str = "a photo") -> "ContinualMemory":
@@ -169,6 +170,19 @@ class ContinualMemory:
                 backend.set_token_row(c.trigger, c.token)
         return state
 
+    def summary(self) -> dict:
+        """What a person asks of a memory file: which base model, and per concept its name, trigger, prompt, rows,
+        parameters and what training recorded (steps, seconds, date, final loss, % of UNet parameters)."""
+        def concept(c: ConceptRecord) -> dict:
+            m, train = c.metrics, c.config.get("train", {})
+            return {"name": c.name, "trigger": c.trigger, "prompt": c.prompt, "rows": c.n_rows,
+                    "params": sum(d.numel() for d in c.delta.values()), "params_pct": m.get("params_pct"),
+                    "token": c.token is not None, "steps": train.get("steps"), "seconds": m.get("seconds"),
+                    "date": m.get("date"), "final_loss": m.get("final_loss")}
+
+        return {"format_version": self.format_version, "fingerprint": self.fingerprint, "generic_prompt": self.generic_prompt,
+                "fisher_updates": self.fisher_updates, "concepts": [concept(c) for c in self.concepts]}
+
     # ----------------------------------------------------------------- file
     def header(self) -> dict:
         return {
@@ -220,9 +234,14 @@ class ContinualMemory:
             raise ValueError(f"memory file {path} is corrupt or truncated ({e})") from None
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not a Continual Concepts memory file (no '{FORMAT}' header)")
+        version = int(meta.get("version", 1)) if str(meta.get("version", 1)).isdigit() else -1
+        if not 1 <= version <= VERSION:
+            raise ValueError(f"memory file {path} has format version {meta.get('version')!r}; this Continual Concepts "
+                             f"reads versions 1 to {VERSION} (update the pack to read newer files)")
         try:
             head = json.loads(meta["memory"])
             mem = cls(head["fingerprint"], head.get("generic_prompt", "a photo"))
+            mem.format_version = version
             mem.fisher_updates = int(head.get("fisher_updates", 0))
             for k, v in tensors.items():
                 parts = k.split("/")

@@ -78,6 +78,11 @@ def test_train_chains_memory(workdir, capsys):
     from continual_concepts.core.memory import ContinualMemory
 
     assert [c.trigger for c in ContinualMemory.load("m2.safetensors").concepts] == ["sks", "zwx"]
+    capsys.readouterr()
+    assert main(["memory", "show", "m2.safetensors", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)["concepts"]
+    assert [c["name"] for c in shown] == ["sks", "zwx"] and all(c["steps"] == 3 for c in shown)
+    assert all(0 < c["params_pct"] < 100 and c["date"].startswith("20") for c in shown)
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -148,3 +153,32 @@ def test_merged_text_encoder_keeps_stock_keys(tmp_path):
         keys = list(f.keys())
     assert any(k.endswith("embeddings.token_embedding.weight") for k in keys), keys
     assert not any(".table." in k for k in keys)
+
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_memory_saved_by_format_v1_code_still_loads_and_shows(capsys):
+    """tests/data/memory_v1_tiny.safetensors was written by the format-1 code (two concepts on the tiny model,
+    3 steps each, before train recorded date and % params): it must keep loading, and `memory show` reads it."""
+    f = DATA / "memory_v1_tiny.safetensors"
+    assert main(["memory", "show", str(f), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["format_version"] == 1 and info["bytes"] == f.stat().st_size
+    assert [(c["name"], c["trigger"], c["rows"], c["steps"]) for c in info["concepts"]] == [("red", "sks", 65, 3),
+                                                                                        ("blue", "zwx", 49, 3)]
+    assert all(c["params"] == 32 * c["rows"] and c["date"] is None for c in info["concepts"])
+    assert main(["memory", "show", str(f)]) == 0
+    table = capsys.readouterr().out
+    assert "format version 1" in table and "red   sks" in table and "blue  zwx" in table
+
+
+def test_memory_from_a_newer_format_is_one_clear_error(tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(DATA / "memory_v1_tiny.safetensors"), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file(tensors, str(tmp_path / "new.safetensors"), metadata={**meta, "version": "99"})
+    assert main(["memory", "show", str(tmp_path / "new.safetensors")]) == 2
+    assert "format version '99'" in capsys.readouterr().err
