@@ -76,7 +76,7 @@ def cmd_select(a):
     from .pictures import neuron_map, save_png
 
     b = load_backend(a.model)
-    images = load_image_folder(a.images, a.size)
+    images = load_image_folder(a.images, a.size, a.fit)
     mem = ContinualMemory.load(a.memory, b, a.force) if a.memory else None
     if mem:
         mem.apply_to(b, a.force)
@@ -109,7 +109,7 @@ def cmd_train(a):
     from .train import TrainConfig
 
     b = load_backend(a.model)
-    images = load_image_folder(a.images, a.size)
+    images = load_image_folder(a.images, a.size, a.fit)
     b.trigger_token_id(a.trigger)
     out = Path(a.out_memory)
     if out.exists():
@@ -138,7 +138,7 @@ def cmd_probe(a):
     from .pictures import dc_chart, save_png
 
     b = load_backend(a.model)
-    images = load_image_folder(a.images, a.size)
+    images = load_image_folder(a.images, a.size, a.fit)
     cands = []
     if a.memory:
         mem = ContinualMemory.load(a.memory, b, a.force)
@@ -250,6 +250,7 @@ def cmd_memory_show(a):
 
 
 def build_parser():
+    from .images import FITS
     from .neurons import SelectConfig
     from .train import TrainConfig
 
@@ -260,7 +261,9 @@ def build_parser():
         sp.add_argument("--model", default="tiny", help="diffusers folder, 'tiny' or 'toy'")
         if images:
             sp.add_argument("--images", required=True, help="folder of concept images")
-            sp.add_argument("--size", type=int, default=None, help="resize images to SIZE×SIZE")
+            sp.add_argument("--size", type=int, default=None, help="bring images to SIZE×SIZE (see --fit)")
+            sp.add_argument("--fit", choices=FITS, default="crop",
+                            help="crop: short side to SIZE, centre cut (default); pad: long side, on white; stretch")
         sp.add_argument("--memory", default=None, help="continual memory (.safetensors)")
         sp.add_argument("--force", action="store_true", help="accept a memory made for another base model")
 

@@ -20,10 +20,41 @@ def to_rgb_array(img) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
-def load_image_folder(folder, size: int | None = None) -> torch.Tensor:
-    """All images of a folder (sorted by name). Mixed sizes are an error unless `size` resizes them all."""
+FITS = ("crop", "pad", "stretch")
+
+
+def fit_square(rgb: np.ndarray, size: int, fit: str = "crop") -> np.ndarray:
+    """An RGB float array to size×size keeping the aspect ratio: crop = scale the short side to `size` and cut
+    the centre (what kohya / diffusers trainers do), pad = scale the long side and centre it on white, stretch =
+    squash (distorts the subject)."""
+    from PIL import Image
+
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)} (got {fit!r})")
+    im = Image.fromarray((rgb * 255).round().astype(np.uint8))
+    w, h = im.size
+    if fit == "stretch":
+        return np.asarray(im.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255.0
+    s = size / (min(w, h) if fit == "crop" else max(w, h))
+    nw, nh = max(size if fit == "crop" else 1, round(w * s)), max(size if fit == "crop" else 1, round(h * s))
+    im = im.resize((nw, nh), Image.BICUBIC)
+    if fit == "crop":
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+    else:
+        canvas = Image.new("RGB", (size, size), (255, 255, 255))
+        canvas.paste(im, ((size - nw) // 2, (size - nh) // 2))
+        im = canvas
+    return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def load_image_folder(folder, size: int | None = None, fit: str = "crop") -> torch.Tensor:
+    """All images of a folder (sorted by name), each brought to size×size by `fit` (fit_square). Without a size,
+    mixed sizes are an error."""
     from PIL import Image, UnidentifiedImageError
 
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)} (got {fit!r})")
     p = Path(folder)
     if not p.is_dir():
         raise FileNotFoundError(f"images: folder {p} does not exist")
@@ -35,9 +66,8 @@ def load_image_folder(folder, size: int | None = None) -> torch.Tensor:
         try:
             with Image.open(f) as im:
                 im.load()
-                if size:
-                    im = im.resize((size, size), Image.BICUBIC)
-                arrays.append(to_rgb_array(im))
+                rgb = to_rgb_array(im)
+            arrays.append(fit_square(rgb, size, fit) if size else rgb)
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"images: cannot read {f.name} ({e})") from None
     shapes = {a.shape for a in arrays}

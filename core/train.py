@@ -15,7 +15,6 @@ moves each element by about lr per step, i.e. by lr x rms in the weight's units.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -25,6 +24,7 @@ from .backends.base import Backend
 from .dc_scores import DEFAULT_TEMPERATURE, dc_logits
 from .denoise import denoise_error, draw_t_eps
 from .memory import ContinualMemory
+from .precision import PRECISIONS, compute_dtype, grad_scaler
 from .row_delta import RowDeltas, kv_in_dim, layer_rms
 
 
@@ -51,7 +51,7 @@ class TrainConfig:
     fisher_gamma: float = 0.9
     max_grad_norm: float | None = 1.0
     seed: int = 0
-    autocast: str = "none"  # "bf16" / "fp16" on CUDA
+    precision: str = "auto"  # the frozen model's arithmetic (core.precision): auto / bf16 / fp32 / fp16 (+ GradScaler)
     gradient_checkpointing: bool = False
 
     def validate(self):
@@ -68,8 +68,8 @@ class TrainConfig:
         for k in ("lam_prev", "lam_base", "lam_ewc", "lam_dsc"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0 (got {getattr(self, k)})")
-        if self.autocast not in ("none", "bf16", "fp16"):
-            raise ValueError(f"autocast must be none, bf16 or fp16 (got {self.autocast!r})")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
 
 
 @dataclass
@@ -176,6 +176,8 @@ def train_concept(
     which = torch.tensor([uniq.index(p) for p in prompts])
     gen = torch.Generator().manual_seed(cfg.seed)
     dev = backend.device
+    backend.set_compute_dtype(compute_dtype(cfg.precision, dev))
+    scaler = grad_scaler(backend.dtype, dev)
     deltas = adapter if adapter is not None else RowDeltas(rows, kv_in_dim(backend), dev, scale=layer_rms(backend))
     rowwise = isinstance(deltas, RowDeltas)
     params = [{"params": list(deltas.parameters()), "lr": cfg.lr * getattr(deltas, "lr_scale", 1.0)}]
@@ -193,8 +195,6 @@ def train_concept(
         n_prev = len(memory.concepts)
     if cfg.gradient_checkpointing:
         backend.enable_gradient_checkpointing()
-    amp = (torch.autocast(dev.type, dtype=torch.bfloat16 if cfg.autocast == "bf16" else torch.float16)
-           if cfg.autocast != "none" else nullcontext())
     fixed_ctx = None if token is not None else backend.encode_text(uniq).detach()
     history, t0 = [], time.perf_counter()
     with deltas.applied(backend):
@@ -202,20 +202,19 @@ def train_concept(
             idx = torch.randint(0, len(x0), (min(cfg.batch_size, len(x0)),), generator=gen)
             xb = x0[idx].to(dev)
             t, eps = draw_t_eps(backend, xb, gen)
-            with amp:
-                ctx = backend.encode_text(uniq, {trigger: token}) if token is not None else fixed_ctx
-                terms = {"diff": denoise_error(backend, xb, t, eps, ctx[which[idx].to(ctx.device)]).mean()}
-                if rowwise:
-                    terms.update(row_penalties(deltas.delta, anchors, cfg))
-                else:
-                    terms.update(deltas.penalty() if hasattr(deltas, "penalty") else {})
-                if use_dsc and step % cfg.dc_every == 0:
-                    # c0 plus a random subset of earlier concepts; eps-MSE on the first sampled earlier one
-                    earlier = (1 + torch.randperm(n_prev, generator=gen))[: cfg.dc_max_candidates - 1].tolist()
-                    j = 1 if earlier else 0
-                    terms["dsc"] = cfg.lam_dsc * dsc_loss(backend, deltas, xb[: cfg.dsc_batch], cand_ctx[[0] + earlier],
-                                                          gen, cfg, j)
-                loss = sum(terms.values())
+            ctx = backend.encode_text(uniq, {trigger: token}) if token is not None else fixed_ctx
+            terms = {"diff": denoise_error(backend, xb, t, eps, ctx[which[idx].to(ctx.device)]).mean()}
+            if rowwise:
+                terms.update(row_penalties(deltas.delta, anchors, cfg))
+            else:
+                terms.update(deltas.penalty() if hasattr(deltas, "penalty") else {})
+            if use_dsc and step % cfg.dc_every == 0:
+                # c0 plus a random subset of earlier concepts; eps-MSE on the first sampled earlier one
+                earlier = (1 + torch.randperm(n_prev, generator=gen))[: cfg.dc_max_candidates - 1].tolist()
+                j = 1 if earlier else 0
+                terms["dsc"] = cfg.lam_dsc * dsc_loss(backend, deltas, xb[: cfg.dsc_batch], cand_ctx[[0] + earlier],
+                                                      gen, cfg, j)
+            loss = sum(terms.values())
             vals = {k: float(v.detach()) for k, v in terms.items()}
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
@@ -224,10 +223,16 @@ def train_concept(
                     + "; nothing was applied (try a lower lr)"
                 )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(opt)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], cfg.max_grad_norm)
-            opt.step()
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             vals["total"] = float(loss.detach())
             history.append(vals)
             if callback:

@@ -6,12 +6,23 @@ from contextlib import contextmanager
 import torch
 from comfy_api.latest import io
 
-from ..core.backends.comfy_backend import ComfyBackend
+from ..core.backends.comfy_backend import ComfyBackend, model_type_name
 from ..core.pictures import to_comfy_image
 
 CATEGORY = "continual_concepts"
 Neurons = io.Custom("CC_NEURONS")
 Memory = io.Custom("CC_CONCEPT_MEMORY")
+
+
+def size_warning(model, images: torch.Tensor) -> str | None:
+    """Images far below the family's native size (SDXL 1024, SD1.x/2.x 512) train the concept at a resolution
+    the model never generates at: say so rather than let it pass unnoticed."""
+    native = 1024 if "SDXL" in model_type_name(model) else 512
+    h, w = images.shape[1:3]
+    if min(h, w) < native // 2:
+        return (f"images are {h}×{w} px, far below this model's native {native} px: the concept is learned at a "
+                f"resolution it is not generated at (Load Concept Images: size {native})")
+    return None
 
 
 def image(array) -> torch.Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 from comfy_api.latest import io
 
 from ..core.atomic_io import next_free, resolve_prefix
-from ..core.images import folder_fingerprint, load_image_folder
+from ..core.images import FITS, folder_fingerprint, load_image_folder
 from ..core.memory import ContinualMemory
 from .common import CATEGORY, Memory
 
@@ -36,16 +36,21 @@ class LoadConceptImages(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ContinualConcepts_LoadConceptImages", display_name="Load Concept Images", category=CATEGORY,
-            description="All images of a folder as one batch (alpha composited on white, grayscale to RGB).",
+            description="All images of a folder as one batch (alpha composited on white, grayscale to RGB), each "
+                        "brought to the model's size keeping its proportions.",
             inputs=[io.String.Input("folder", default="workflows/example_images/red-ring",
                                     tooltip="Folder: absolute, relative to ComfyUI's input folder, or to this pack."),
-                    io.Int.Input("size", default=64, min=0, max=2048, step=8,
-                                 tooltip="Resize to size×size (0 = keep; all images must then match).")],
+                    io.Int.Input("size", default=512, min=0, max=2048, step=8,
+                                 tooltip="Square side the images are brought to: the model's native size (512 for "
+                                         "SD1.x/2.x, 1024 for SDXL). 0 = keep (all images must then match)."),
+                    io.Combo.Input("fit", options=list(FITS), default="crop", optional=True,
+                                   tooltip="crop: scale the short side and cut the centre (keeps proportions); pad: "
+                                           "scale the long side, centre on white; stretch: squash to the square.")],
             outputs=[io.Image.Output(display_name="images")],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, folder, size):
+    def fingerprint_inputs(cls, folder, size, fit="crop"):
         """Run again when the folder's images change (names, sizes, mtimes), not only when the inputs do."""
         try:
             return folder_fingerprint(_resolve(folder, "folder"))
@@ -53,8 +58,8 @@ class LoadConceptImages(io.ComfyNode):
             return float("nan")  # never equal: execute() reports the missing folder
 
     @classmethod
-    def execute(cls, folder, size) -> io.NodeOutput:
-        return io.NodeOutput(load_image_folder(_resolve(folder, "folder"), size or None))
+    def execute(cls, folder, size, fit="crop") -> io.NodeOutput:
+        return io.NodeOutput(load_image_folder(_resolve(folder, "folder"), size or None, fit))
 
 
 class LoadConceptMemory(io.ComfyNode):

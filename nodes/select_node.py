@@ -8,8 +8,9 @@ from comfy_api.latest import io
 from ..core.images import check_image_batch
 from ..core.neurons import SelectConfig, default_calibration_prompts, select_concept_neurons
 from ..core.pictures import neuron_map
+from ..core.precision import compute_dtype
 from ..core.validate import check_trigger_in_prompt
-from .common import CATEGORY, Memory, Neurons, image, progress, training_backend
+from .common import CATEGORY, Memory, Neurons, image, progress, size_warning, training_backend
 
 
 class SelectConceptNeurons(io.ComfyNode):
@@ -33,6 +34,10 @@ class SelectConceptNeurons(io.ComfyNode):
                 io.Int.Input("batch_size", default=4, min=1, max=64,
                              tooltip="Images per forward/backward pass while scoring (lower = less memory)."),
                 Memory.Input("memory", optional=True, tooltip="Continual memory, to report overlap with earlier concepts."),
+                io.Combo.Input("precision", options=["auto", "bf16", "fp32"], default="auto", optional=True,
+                               tooltip="Arithmetic of the model while scoring. auto: bf16 on a GPU that has it, else "
+                                       "fp32 (fp16 is not offered: scores are gradients, and unscaled fp16 loses "
+                                       "small ones)."),
             ],
             outputs=[Neurons.Output(display_name="neurons"), io.Image.Output(display_name="neuron_map"),
                      io.String.Output(display_name="report")],
@@ -40,13 +45,14 @@ class SelectConceptNeurons(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, images, prompt, trigger, budget_pct, calibration_prompts, general_scoring,
-                seed, batch_size=4, memory=None) -> io.NodeOutput:
+                seed, batch_size=4, memory=None, precision="auto") -> io.NodeOutput:
         images = check_image_batch(images)
         check_trigger_in_prompt(prompt, trigger)
         cfg = SelectConfig(budget_pct=budget_pct, n_calibration=calibration_prompts, general_scoring=general_scoring, seed=seed,
                            batch_size=batch_size)
         with training_backend(model, clip, vae) as b:
             b.trigger_token_id(trigger)
+            b.set_compute_dtype(compute_dtype(precision, b.device))
             passes = 1 + min(calibration_prompts, len(default_calibration_prompts()))
             sel = select_concept_neurons(b, b.encode_images(images), prompt, cfg,
                                          prev_rows=memory.prev_rows() if memory else None,
@@ -54,4 +60,6 @@ class SelectConceptNeurons(io.ComfyNode):
             sizes = {l.name: l.weight.shape[0] for l in b.kv_layers()}
         pic = image(neuron_map(sel.rows, sizes, f"concept neurons for '{trigger}'"))
         rep = {k: v for k, v in sel.report.items() if k not in ("calibration_prompts",)}
+        if warning := size_warning(model, images):
+            rep["warning"] = warning
         return io.NodeOutput(sel, pic, json.dumps(rep, indent=1))

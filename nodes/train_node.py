@@ -1,6 +1,8 @@
 """Continual Train Step (DC-regularized): learn one concept; returns patched clones, never edits the input."""
 from __future__ import annotations
 
+import logging
+
 import torch
 from comfy_api.latest import io
 
@@ -9,10 +11,11 @@ from ..core.continual import train_into_memory
 from ..core.images import check_image_batch
 from ..core.memory import ContinualMemory
 from ..core.pictures import loss_curve
+from ..core.precision import PRECISIONS
 from ..core.train import TrainConfig
 from ..core.validate import check_trigger_in_prompt, concepts_to_replace
 from .common import (CATEGORY, Memory, Neurons, image, patched_clip, patched_model, progress, reading_backend,
-                     training_backend)
+                     size_warning, training_backend)
 
 
 class ContinualTrainStep(io.ComfyNode):
@@ -59,6 +62,10 @@ class ContinualTrainStep(io.ComfyNode):
                 io.Boolean.Input("replace", default=False,
                                  tooltip="Learn again a concept the memory already has (same name or trigger): its "
                                          "change is taken out of the model and the memory first. Off: that is an error."),
+                io.Combo.Input("precision", options=list(PRECISIONS), default="auto", optional=True,
+                               tooltip="Arithmetic of the frozen model while training (the learned change is always "
+                                       "kept in fp32). auto: bf16 on a GPU that has it, else fp32. fp16 trains with "
+                                       "loss scaling (without it, small gradients vanish)."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
                      Memory.Output(display_name="memory"), io.Image.Output(display_name="loss_curve")],
@@ -67,13 +74,16 @@ class ContinualTrainStep(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, images, neurons, prompt, trigger, name, steps, lr, lam_prev, lam_base, lam_ewc,
                 lam_dsc, dc_every, seed, train_token=True, batch_size=4,
-                gradient_checkpointing=False, memory=None, generic_prompt="a photo", replace=False) -> io.NodeOutput:
+                gradient_checkpointing=False, memory=None, generic_prompt="a photo", replace=False,
+                precision="auto") -> io.NodeOutput:
         images = check_image_batch(images)
         check_trigger_in_prompt(prompt, trigger)
+        if warning := size_warning(model, images):
+            logging.warning("Continual Train Step: %s", warning)
         old = concepts_to_replace(memory, name, trigger, replace)
         cfg = TrainConfig(steps=steps, lr=lr, lam_prev=lam_prev, lam_base=lam_base, lam_ewc=lam_ewc, lam_dsc=lam_dsc,
                           dc_every=dc_every, train_token=train_token, seed=seed,
-                          batch_size=batch_size, gradient_checkpointing=gradient_checkpointing)
+                          batch_size=batch_size, gradient_checkpointing=gradient_checkpointing, precision=precision)
         cfg.validate()
         if old:  # the memory must explain the model as it came in, before anything is taken out
             with reading_backend(model, clip) as b:

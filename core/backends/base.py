@@ -118,6 +118,11 @@ class Backend(ABC):
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """eps prediction for a batch; t is a [B] long tensor."""
 
+    def set_compute_dtype(self, dtype: torch.dtype) -> None:
+        """Make the frozen model compute in `dtype` whatever dtype it stores its weights in (core.precision)."""
+        if dtype != self.dtype:
+            raise NotImplementedError(f"{type(self).__name__} computes in {self.dtype} only")
+
     def enable_gradient_checkpointing(self) -> None:  # optional speed/memory switch
         """Trade compute for memory during training, where the host supports it."""
 

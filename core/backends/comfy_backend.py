@@ -85,7 +85,7 @@ class ComfyBackend(Backend):
         self._adm = getattr(dm, "num_classes", None) is not None
         mm.load_models_gpu([model], force_full_load=True)
         self.device = model.load_device
-        self.dtype = model.model.get_dtype()
+        self.dtype = getattr(model.model, "manual_cast_dtype", None) or model.model.get_dtype()  # what it computes in
         sig = model.model.model_sampling.sigmas.float()
         self._abar = (1.0 / (1.0 + sig**2)).to(self.device)
         self._hooks: dict[str, object] = {}
@@ -113,6 +113,17 @@ class ComfyBackend(Backend):
                     self._frozen.append(p)
                     p.requires_grad_(False)
         return n
+
+    def set_compute_dtype(self, dtype):
+        """ComfyUI's own switch, as its TrainLoraNode uses it: the training clone casts each weight to `dtype` as
+        it is used (an SD1.5 UNet stored fp16 on CUDA then computes in bf16 or fp32); the input MODEL keeps its
+        setting, since the patch lives on the clone."""
+        import comfy.model_management as mm
+
+        if dtype != self.dtype:
+            self.mp.set_model_compute_dtype(dtype)
+            mm.load_models_gpu([self.mp], force_full_load=True)
+            self.dtype = dtype
 
     def _module(self, layer):
         return self.mp.model.get_submodule(layer)

@@ -176,6 +176,14 @@ class DiffusersBackend(Backend):
     def enable_gradient_checkpointing(self):
         self.unet.enable_gradient_checkpointing()
 
+    def set_compute_dtype(self, dtype):
+        """This backend owns its modules: it casts them (in place: hooks and trained tokens stay attached)."""
+        if dtype != self.dtype:
+            for m in (self.unet, self.text_encoder, self.vae):
+                if m is not None:
+                    _to(m, self.device, dtype)
+            self.dtype = dtype
+
 
 def _to(module, device, dtype):
     """Frozen, eval-mode, on device; cast only when needed (diffusers warns on a no-op dtype cast)."""

@@ -16,6 +16,7 @@ from conftest import run_node_ui
 def test_select_reports_and_pictures(trained):
     rep = json.loads(trained["report"])
     assert 0 < rep["selected_rows"] <= rep["budget_rows"]
+    assert "64×64 px, far below this model's native 512 px" in rep["warning"]  # the fixture trains on 64 px images
     assert trained["nmap"].ndim == 4 and trained["nmap"].shape[-1] == 3
 
 
@@ -277,13 +278,16 @@ def test_bad_input_gives_one_clear_error(trained, case, tmp_path):
     assert not t["model"].patches
 
 
-def test_training_freezes_every_host_parameter_and_restores_it(loaded):
+def test_training_freezes_every_host_parameter_and_restores_it(slim_ckpt):
     """A model loaded outside inference mode keeps trainable parameters: a train step must give no .grad to any
-    UNet or CLIP parameter (only the row deltas and the token train), and closing the backend restores the flags."""
+    UNet or CLIP parameter (only the row deltas and the token train), and closing the backend restores the flags.
+    (Its own load: the shared fixture's parameters were already swapped by tests that ran before.)"""
+    import comfy.sd
+
     from continual_concepts.core.train import TrainConfig, train_concept
     from continual_concepts.nodes.common import training_backend
 
-    model, clip, vae = loaded
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(slim_ckpt)
     roots = [model.model, clip.cond_stage_model]
     flags = [[p.requires_grad for p in r.parameters()] for r in roots]
     assert any(any(f) for f in flags), "premise: this load leaves parameters trainable"
@@ -296,3 +300,33 @@ def test_training_freezes_every_host_parameter_and_restores_it(loaded):
     assert res.token is not None and all(d.abs().sum() > 0 for _, d in res.deltas.values())
     assert with_grad == [], f"{len(with_grad)} host parameters received .grad, e.g. {with_grad[:3]}"
     assert [[p.requires_grad for p in r.parameters()] for r in roots] == flags
+
+
+def test_precision_sets_the_clones_arithmetic_and_leaves_the_input_model_as_it_was(trained):
+    """precision=bf16: the training clone's K/V layers compute in bf16 through ComfyUI's own manual cast (the
+    stored weights keep their dtype), the learned change is fp32 and non-zero; the input MODEL, loaded again,
+    computes in its own dtype."""
+    import comfy.model_management as mm
+
+    from continual_concepts.nodes.train_node import ContinualTrainStep
+
+    t = trained
+    layer = t["model"].model.diffusion_model.get_submodule(next(iter(t["neurons"].rows))[len("diffusion_model."):])
+    seen = []
+    h = layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+    try:
+        kw = dict(model=t["model"], clip=t["clip"], vae=t["vae"], images=t["images"], neurons=t["neurons"],
+                  prompt="a photo of ohwx", trigger="ohwx", name="p", steps=2, lr=2e-3, lam_prev=1.0, lam_base=0.1,
+                  lam_ewc=0, lam_dsc=1.0, dc_every=1, seed=0, batch_size=2)
+        mem = run(ContinualTrainStep, **kw, precision="bf16")[2]
+        assert torch.bfloat16 in seen, seen
+        stored = layer.weight.dtype
+        c = mem.concepts[-1]
+        assert all(d.dtype == torch.float32 and torch.isfinite(d).all() and d.abs().sum() > 0 for d in c.delta.values())
+        seen.clear()
+        mm.load_models_gpu([t["model"]])
+        with torch.inference_mode():
+            t["model"].model.apply_model(torch.zeros(1, 4, 8, 8), torch.ones(1), c_crossattn=torch.zeros(1, 77, 768))
+        assert seen and torch.bfloat16 not in seen and layer.weight.dtype == stored, (seen, layer.weight.dtype)
+    finally:
+        h.remove()
