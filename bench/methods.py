@@ -5,8 +5,9 @@ clora        K/V LoRA per task + C-LoRA self-regulariser || |sum of past BA| ⊙
              each task's BA merged into the weights before the next
 cns          concept-neuron selection + CNS L_reg (rows of earlier concepts / pretrained rows)
 cns+ewc      + EWC with the online DC-score Fisher
-cns+ewc+dsc  + DSC distillation against the model before the concept (our default)
-cns+dsc      CNS + DSC without EWC-DC (is the Fisher penalty worth its place in the default?)
+cns+ewc+dsc  + DSC distillation against the model before the concept
+cns+dsc      CNS + DSC without EWC-DC (our default: EWC-DC showed no measurable effect, bench/RESULTS.md)
+The methods with EWC-DC take lam_ewc from the given config (the benchmarks set 1.0); the others zero what they omit.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from ..core.row_delta import Switchable, all_rows, layer_rms
 from ..core.train import TrainConfig, train_concept
 
 METHODS = ("naive", "clora", "cns", "cns+ewc", "cns+ewc+dsc", "cns+dsc")
-DEFAULT_METHOD = "cns+ewc+dsc"
+DEFAULT_METHOD = "cns+dsc"
 
 
 class CLoRA(Switchable, nn.Module):

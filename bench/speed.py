@@ -151,7 +151,7 @@ def bench_regularised(backend, x0, repeats, steps):
                   TrainConfig(steps=2, fisher_draws=1), ["a red circle", "a blue square", "a cat"])
     rows = cns_sized_rows(backend, seed=1)
     plain = TrainConfig(steps=steps, lam_ewc=0, lam_dsc=0)
-    reg = TrainConfig(steps=steps)  # defaults: lam_ewc, lam_dsc > 0, dc_every 1
+    reg = TrainConfig(steps=steps, lam_ewc=1.0)  # EWC-DC on (off by default) + DSC at the default dc_every
     tp, tr = [], []
     _step_times(backend, x0, rows, TrainConfig(steps=2), mem)
     for _ in range(repeats):  # mean per step (DSC runs every dc_every steps), median over repeats

@@ -77,8 +77,9 @@ def train_into_memory(
     )
     memory.record_pretrained(backend, record.rows)
     memory.add_concept(record)
-    if train_cfg.lam_ewc > 0:
-        update_fisher(backend, memory, x0, train_cfg, at=res.deltas)
+    # recorded even while EWC-DC is off (a few passes): the memory stays complete, so turning lam_ewc on for a
+    # later concept protects every earlier one
+    update_fisher(backend, memory, x0, train_cfg, at=res.deltas)
     return res, record
 
 

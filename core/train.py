@@ -41,7 +41,7 @@ class TrainConfig:
     train_token: bool = True
     lam_prev: float = 1.0
     lam_base: float = 0.1
-    lam_ewc: float = 1.0
+    lam_ewc: float = 0.0  # EWC-DC: off by default, no measurable effect on the toy (bench/RESULTS.md); 1.0 when on
     lam_dsc: float = 1.0
     dc_every: int = 1  # DSC every step: its eps-MSE on c0 keeps the unconditional branch CFG extrapolates from
     dsc_batch: int = 1  # DSC distils on this many x_t of the batch (cost grows with it × candidates)

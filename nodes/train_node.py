@@ -44,7 +44,9 @@ class ContinualTrainStep(io.ComfyNode):
                           f"{TrainConfig.token_lr})."),
                 f("lam_prev", default=1.0, min=0, max=1e6, step=0.01, tooltip="CNS: keep rows of earlier concepts (0 = off)."),
                 f("lam_base", default=0.1, min=0, max=1e6, step=0.01, tooltip="CNS: keep new rows near pretrained (0 = off)."),
-                f("lam_ewc", default=1.0, min=0, max=1e6, step=0.01, tooltip="EWC with the DC-score Fisher (0 = off)."),
+                f("lam_ewc", default=TrainConfig.lam_ewc, min=0, max=1e6, step=0.01,
+                  tooltip="EWC with the DC-score Fisher (0 = off, the default: it showed no measurable effect on "
+                          "forgetting in our benchmark; 1.0 turns it on)."),
                 f("lam_dsc", default=1.0, min=0, max=1e6, step=0.01, tooltip="DSC distillation from the model before (0 = off)."),
                 io.Int.Input("dc_every", default=TrainConfig.dc_every, min=1, max=1000,
                              tooltip="Run DSC every k steps (1: every step; its term on the generic prompt keeps the "
@@ -55,8 +57,10 @@ class ContinualTrainStep(io.ComfyNode):
                                  tooltip="Also learn the trigger word's embedding (the CLIP output carries it)."),
                 io.Int.Input("batch_size", default=4, min=1, max=64,
                              tooltip="Images per step (lower = less memory)."),
-                io.Boolean.Input("gradient_checkpointing", default=False,
-                                 tooltip="Recompute UNet blocks in the backward pass: less memory, slower (their forward runs twice)."),
+                io.Boolean.Input("gradient_checkpointing", default=True,
+                                 tooltip="Recompute UNet blocks in the backward pass: less memory, slower (their forward "
+                                         "runs twice). On by default: without it SD1.5 at 512 px, batch 4, needs ~8.2 GB "
+                                         "(bench/RESULTS.md); with it ~3.5 GB."),
                 Memory.Input("memory", optional=True, tooltip="Continual memory from earlier concepts (none: first concept)."),
                 io.String.Input("generic_prompt", default="a photo", tooltip="DC candidate standing for what the model drew before."),
                 io.Boolean.Input("replace", default=False,
@@ -74,7 +78,7 @@ class ContinualTrainStep(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, images, neurons, prompt, trigger, name, steps, lr, lam_prev, lam_base, lam_ewc,
                 lam_dsc, dc_every, seed, train_token=True, batch_size=4,
-                gradient_checkpointing=False, memory=None, generic_prompt="a photo", replace=False,
+                gradient_checkpointing=True, memory=None, generic_prompt="a photo", replace=False,
                 precision="auto") -> io.NodeOutput:
         images = check_image_batch(images)
         check_trigger_in_prompt(prompt, trigger)

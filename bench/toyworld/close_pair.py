@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from ..continual_bench import run_method
-from ..methods import DEFAULT_METHOD
 from .benchmark import SELECT, TRAIN, make_backend
 from .evaluate import ToyWorld
 
@@ -29,7 +28,7 @@ def scaled(cfg, k: float):
 
 
 VARIANTS = {
-    "default": lambda c: c,
+    "CNS + EWC-DC + DSC": lambda c: c,
     "no EWC-DC": lambda c: replace(c, lam_ewc=0),
     "no DSC": lambda c: replace(c, lam_dsc=0),
     "no EWC-DC nor DSC": lambda c: replace(c, lam_ewc=0, lam_dsc=0),
@@ -82,7 +81,7 @@ def main(argv=None) -> int:
     for v in (x.strip() for x in a.variants.split(";")):
         if v not in VARIANTS:
             raise SystemExit(f"--variants: '{v}' is not one of {', '.join(VARIANTS)}")
-        r = run_method(DEFAULT_METHOD, make_backend, world, SELECT, VARIANTS[v](TRAIN),
+        r = run_method("cns+ewc+dsc", make_backend, world, SELECT, VARIANTS[v](TRAIN),
                        log=lambda s: print(s, file=sys.stderr))
         m = r["accuracy_matrix"]
         rows.append({"variant": v, "first_after_first": m[0][0], "first_after_second": m[1][0],
