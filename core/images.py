@@ -76,6 +76,14 @@ def load_image_folder(folder, size: int | None = None, fit: str = "crop") -> tor
     return torch.from_numpy(np.stack(arrays))
 
 
+def with_flips(images: torch.Tensor) -> torch.Tensor:
+    """The batch followed by its horizontal mirror images. Training draws uniformly from it, which is a random
+    horizontal flip with p = 0.5 per sample (as kohya / diffusers trainers do), with every orientation encoded exactly
+    by the VAE instead of flipping latents (a VAE is not mirror-symmetric). Not for subjects whose left and right
+    differ (text, asymmetric logos)."""
+    return torch.cat([images, images.flip(2)])
+
+
 def check_image_batch(images: torch.Tensor, name: str = "images") -> torch.Tensor:
     """Validate an IMAGE batch [B,H,W,C]; grayscale is repeated to RGB and alpha dropped."""
     if images is None or images.ndim != 4 or images.shape[0] == 0:

@@ -8,7 +8,7 @@ from comfy_api.latest import io
 
 from ..core.carried import require_carried, summed_changes, without
 from ..core.continual import train_into_memory
-from ..core.images import check_image_batch
+from ..core.images import check_image_batch, with_flips
 from ..core.memory import ContinualMemory
 from ..core.pictures import loss_curve
 from ..core.precision import PRECISIONS
@@ -66,6 +66,9 @@ class ContinualTrainStep(io.ComfyNode):
                 io.Boolean.Input("replace", default=False,
                                  tooltip="Learn again a concept the memory already has (same name or trigger): its "
                                          "change is taken out of the model and the memory first. Off: that is an error."),
+                io.Boolean.Input("flip", default=True, optional=True,
+                                 tooltip="Random horizontal flip: train on the images and their mirror images (more "
+                                         "views of the subject). Off for subjects whose sides differ (text, logos)."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto", optional=True,
                                tooltip="Arithmetic of the frozen model while training (the learned change is always "
                                        "kept in fp32). auto: bf16 on a GPU that has it, else fp32. fp16 trains with "
@@ -79,7 +82,7 @@ class ContinualTrainStep(io.ComfyNode):
     def execute(cls, model, clip, vae, images, neurons, prompt, trigger, name, steps, lr, lam_prev, lam_base, lam_ewc,
                 lam_dsc, dc_every, seed, train_token=True, batch_size=4,
                 gradient_checkpointing=True, memory=None, generic_prompt="a photo", replace=False,
-                precision="auto") -> io.NodeOutput:
+                flip=True, precision="auto") -> io.NodeOutput:
         images = check_image_batch(images)
         check_trigger_in_prompt(prompt, trigger)
         if warning := size_warning(model, images):
@@ -101,7 +104,7 @@ class ContinualTrainStep(io.ComfyNode):
                 require_carried(mem, b)
             else:
                 mem = ContinualMemory.for_model(b, generic_prompt)
-            x0 = b.encode_images(images)
+            x0 = b.encode_images(with_flips(images) if flip else images)
             cb = progress(steps, lambda s, t, terms: f"step {s}/{t} loss {terms.get('total', 0):.4f}")
             res, _ = train_into_memory(b, mem, x0, name, trigger, prompt, neurons.rows, cfg, callback=cb)
             out_clip = patched_clip(clip, b, trigger, res.token)

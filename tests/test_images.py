@@ -1,6 +1,7 @@
 """Concept images are brought to the model's square size keeping their proportions (crop or pad), never squashed
 unless asked."""
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -36,3 +37,12 @@ def test_crop_keeps_the_centre_square_pad_keeps_everything_on_white_stretch_squa
 def test_bad_fit_is_one_clear_error(wide):
     with pytest.raises(ValueError, match="fit must be one of crop, pad, stretch"):
         load_image_folder(wide, 20, "zoom")
+
+
+def test_with_flips_appends_the_mirror_image_of_each(wide):
+    from continual_concepts.core.images import with_flips
+
+    batch = load_image_folder(wide, 20)
+    both = with_flips(batch)
+    assert both.shape[0] == 2 and torch.equal(both[0], batch[0])
+    assert _near(both[1][10, 2].numpy(), BLUE) and _near(both[1][10, 17].numpy(), RED)  # blue now on the left
