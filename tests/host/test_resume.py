@@ -57,11 +57,15 @@ def test_resume_through_apply_equals_chaining_and_base_plus_memory_is_refused(tr
     p1, p2 = merge(t, *chained[:3], "chained"), merge(t, *resumed[:3], "resumed")
     sd1, sd2 = load_file(p1), load_file(p2)
     assert sd1.keys() == sd2.keys()
-    differ = [k for k in sd1 if not torch.equal(sd1[k], sd2[k])]
+    # equal up to float rounding: on 2 CPU threads the two trainings may sum in another order (1.2e-7 seen on
+    # weights of ~0.1); b's own change must be far above that, or the comparison proves nothing
+    tol = 1e-6
+    differ = [k for k in sd1 if not torch.allclose(sd1[k].float(), sd2[k].float(), rtol=0, atol=tol)]
     assert differ == [], differ[:5]
     ref = load_file(merge(t, t["m2"], t["c2"], t["mem"], "a_only"))
     kv = [k for k in sd1 if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight"))]
-    assert any(not torch.equal(sd1[k], ref[k]) for k in kv), "b changed nothing: the comparison proves nothing"
+    b_change = max(float((sd1[k].float() - ref[k].float()).abs().max()) for k in kv)
+    assert b_change > 100 * tol, f"b changed the K/V weights by at most {b_change}: the comparison proves nothing"
 
 
 def test_merge_refuses_a_memory_of_another_base_model(trained, comfy_dirs):
