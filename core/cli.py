@@ -244,8 +244,8 @@ def memory_table(info: dict) -> str:
 def cmd_memory_show(a):
     from .memory import ContinualMemory
 
-    info = {"file": str(a.file), "bytes": Path(a.file).stat().st_size if Path(a.file).is_file() else 0,
-            **ContinualMemory.load(a.file).summary()}
+    summary = ContinualMemory.load(a.file).summary()
+    info = {"file": str(a.file), "bytes": Path(a.file).stat().st_size, **summary}
     print(json.dumps(info) if a.json else memory_table(info))
 
 

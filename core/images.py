@@ -23,14 +23,18 @@ def to_rgb_array(img) -> np.ndarray:
 FITS = ("crop", "pad", "stretch")
 
 
+def check_fit(fit: str) -> None:
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)} (got {fit!r})")
+
+
 def fit_square(rgb: np.ndarray, size: int, fit: str = "crop") -> np.ndarray:
     """An RGB float array to size×size keeping the aspect ratio: crop = scale the short side to `size` and cut
     the centre (what kohya / diffusers trainers do), pad = scale the long side and centre it on white, stretch =
     squash (distorts the subject)."""
     from PIL import Image
 
-    if fit not in FITS:
-        raise ValueError(f"fit must be one of {', '.join(FITS)} (got {fit!r})")
+    check_fit(fit)
     im = Image.fromarray((rgb * 255).round().astype(np.uint8))
     w, h = im.size
     if fit == "stretch":
@@ -53,8 +57,7 @@ def load_image_folder(folder, size: int | None = None, fit: str = "crop") -> tor
     mixed sizes are an error."""
     from PIL import Image, UnidentifiedImageError
 
-    if fit not in FITS:
-        raise ValueError(f"fit must be one of {', '.join(FITS)} (got {fit!r})")
+    check_fit(fit)  # before any file is read
     p = Path(folder)
     if not p.is_dir():
         raise FileNotFoundError(f"images: folder {p} does not exist")

@@ -234,7 +234,8 @@ class ContinualMemory:
             raise ValueError(f"memory file {path} is corrupt or truncated ({e})") from None
         if meta.get("format") != FORMAT:
             raise ValueError(f"{path} is not a Continual Concepts memory file (no '{FORMAT}' header)")
-        version = int(meta.get("version", 1)) if str(meta.get("version", 1)).isdigit() else -1
+        raw = str(meta.get("version", "1"))
+        version = int(raw) if raw.isdigit() else 0
         if not 1 <= version <= VERSION:
             raise ValueError(f"memory file {path} has format version {meta.get('version')!r}; this Continual Concepts "
                              f"reads versions 1 to {VERSION} (update the pack to read newer files)")

@@ -12,9 +12,13 @@ import torch
 PRECISIONS = ("auto", "bf16", "fp32", "fp16")
 
 
-def compute_dtype(precision: str, device: torch.device | str) -> torch.dtype:
+def check_precision(precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {precision!r})")
+
+
+def compute_dtype(precision: str, device: torch.device | str) -> torch.dtype:
+    check_precision(precision)
     device = torch.device(device)
     if precision == "auto":
         cuda_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -22,6 +26,7 @@ def compute_dtype(precision: str, device: torch.device | str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[precision]
 
 
-def grad_scaler(dtype: torch.dtype, device: torch.device | str):
-    """A GradScaler for fp16 arithmetic, None otherwise."""
-    return torch.amp.GradScaler(torch.device(device).type) if dtype == torch.float16 else None
+def grad_scaler(dtype: torch.dtype, device: torch.device | str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 arithmetic; for any other dtype a disabled scaler (scale, unscale and step pass
+    through), so the training loop has one path."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=dtype == torch.float16)

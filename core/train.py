@@ -24,7 +24,7 @@ from .backends.base import Backend
 from .dc_scores import DEFAULT_TEMPERATURE, dc_logits
 from .denoise import denoise_error, draw_t_eps
 from .memory import ContinualMemory
-from .precision import PRECISIONS, compute_dtype, grad_scaler
+from .precision import check_precision, compute_dtype, grad_scaler
 from .row_delta import RowDeltas, kv_in_dim, layer_rms
 
 
@@ -68,8 +68,7 @@ class TrainConfig:
         for k in ("lam_prev", "lam_base", "lam_ewc", "lam_dsc"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0 (got {getattr(self, k)})")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
+        check_precision(self.precision)
 
 
 @dataclass
@@ -223,16 +222,12 @@ def train_concept(
                     + "; nothing was applied (try a lower lr)"
                 )
             opt.zero_grad(set_to_none=True)
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.unscale_(opt)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], cfg.max_grad_norm)
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
+            scaler.step(opt)
+            scaler.update()
             vals["total"] = float(loss.detach())
             history.append(vals)
             if callback:
