@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import replace
 
+from ..core.images import training_views
 from ..core.train import TrainConfig, train_concept
 
 CEILING_LR = 2e-4  # absolute, Adam on every UNet weight (the toy model was pretrained at 6e-4)
@@ -35,11 +36,12 @@ class WholeUNet:
 def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR) -> dict:
     """Fine-tune a fresh model on one concept; its held-out- and training-context accuracy."""
     backend = make_backend()
-    x0 = backend.encode_images(spec.images)
+    views, captions = training_views(spec.images, spec.captions, cfg.flip)
+    x0 = backend.encode_images(views)
     # no gradient clipping: on every UNet weight it normalises each step's gradient; a clipped ceiling run measured
     # checker-square 0.46 held-out where an unclipped one (other image draws) measured 0.92, 24 samples each
     cfg = replace(cfg, lr=lr, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, max_grad_norm=None)
-    res = train_concept(backend, x0, spec.captions or spec.prompt, spec.trigger, None, None, cfg,
+    res = train_concept(backend, x0, captions or spec.prompt, spec.trigger, None, None, cfg,
                         adapter=WholeUNet(backend.unet))
     if res.token is not None:
         backend.set_token_row(spec.trigger, res.token)

@@ -74,7 +74,7 @@ def run(small: bool, device: str, steps: int) -> dict:
     select_s = time.perf_counter() - t0
     mem = ContinualMemory.for_model(b)
     mem.add_concept(ConceptRecord("earlier", "zwx", "a zwx cat", rows={}, delta={}))  # an earlier concept for DSC
-    cfg = TrainConfig(steps=steps, batch_size=1, gradient_checkpointing=False)  # precision auto: bf16 on CUDA
+    cfg = TrainConfig(steps=steps, batch_size=1, gradient_checkpointing="off")  # precision auto: bf16 on CUDA
     stamps = []
     train_concept(b, x0, "a sks dog", "sks", sel.rows, mem, TrainConfig(steps=2, batch_size=1))  # warm-up
     sync()

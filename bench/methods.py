@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..core.continual import learn_concept, merge_result
+from ..core.images import training_views
 from ..core.memory import ConceptRecord
 from ..core.row_delta import Switchable, all_rows, layer_rms
 from ..core.train import TrainConfig, train_concept
@@ -87,7 +88,8 @@ def learn(method: str, backend, memory, images, name, trigger, prompt, select_cf
                              replace(cfg, lr=naive_lr or cfg.lr), calibration_prompts, rows=all_rows(backend),
                              captions=captions).result
     if method == "clora":
-        x0 = backend.encode_images(images)
+        views, captions = training_views(images, captions, cfg.flip)
+        x0 = backend.encode_images(views)
         anchors = state.setdefault("anchors", {})
         ad = CLoRA(backend, anchors, clora_rank, clora_lam, cfg.seed + len(memory.concepts)).to(backend.device)
         res = train_concept(backend, x0, captions or prompt, trigger, None, memory, cfg, adapter=ad)

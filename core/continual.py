@@ -8,6 +8,7 @@ import torch
 
 from .backends.base import Backend
 from .fisher import dc_fisher
+from .images import training_views
 from .memory import ConceptRecord, ContinualMemory
 from .neurons import NeuronSelection, SelectConfig, select_concept_neurons
 from .train import TrainConfig, TrainResult, train_concept
@@ -105,14 +106,16 @@ def learn_concept(
     train_cfg = train_cfg or TrainConfig()
     select_cfg = select_cfg or SelectConfig()
     backend.trigger_token_id(trigger)  # validate before any work
-    x0 = backend.encode_images(images)
+    views, view_captions = training_views(images, captions, train_cfg.flip)
+    x_all = backend.encode_images(views)
+    x0 = x_all[: len(images)]  # selection scores the images as given, as the Select node does
     if rows is None:
         sel = select_concept_neurons(backend, x0, captions or prompt, select_cfg, calibration_prompts,
                                      memory.prev_rows())
     else:
         sel = NeuronSelection(rows, report={"selected_rows": sum(len(r) for r in rows.values()), "given": True})
-    res, record = train_into_memory(backend, memory, x0, name, trigger, prompt, sel.rows, train_cfg, callback,
-                                    captions, metrics={"selected_rows": sel.n_rows})
+    res, record = train_into_memory(backend, memory, x_all, name, trigger, prompt, sel.rows, train_cfg, callback,
+                                    view_captions, metrics={"selected_rows": sel.n_rows})
     record.config["select"] = asdict(select_cfg)
     bake(backend, record)
     return ConceptOutcome(sel, res, record)

@@ -87,6 +87,13 @@ def with_flips(images: torch.Tensor) -> torch.Tensor:
     return torch.cat([images, images.flip(2)])
 
 
+def training_views(images: torch.Tensor, captions: list[str] | None, flip: bool):
+    """What training draws from: the images (and their captions), with `flip` followed by their mirror images."""
+    if not flip:
+        return images, captions
+    return with_flips(images), (captions * 2 if captions else captions)
+
+
 def check_image_batch(images: torch.Tensor, name: str = "images") -> torch.Tensor:
     """Validate an IMAGE batch [B,H,W,C]; grayscale is repeated to RGB and alpha dropped."""
     if images is None or images.ndim != 4 or images.shape[0] == 0:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .backends.base import Backend
+from .checkpointing import check_checkpointing, decide
 from .dc_scores import DEFAULT_TEMPERATURE, dc_logits
 from .denoise import denoise_error, draw_t_eps
 from .memory import ContinualMemory
@@ -52,7 +53,8 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     seed: int = 0
     precision: str = "auto"  # the frozen model's arithmetic (core.precision): auto / bf16 / fp32 / fp16 (+ GradScaler)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: str = "auto"  # on / off / auto: measured from one forward and the free memory
+    flip: bool = True  # train on the images and their mirror images (off for subjects whose sides differ)
 
     def validate(self):
         if self.steps < 1:
@@ -69,6 +71,7 @@ class TrainConfig:
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0 (got {getattr(self, k)})")
         check_precision(self.precision)
+        check_checkpointing(self.gradient_checkpointing)
 
 
 @dataclass
@@ -79,6 +82,7 @@ class TrainResult:
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
     optimizer_state_bytes: int = 0
+    checkpointing: dict = field(default_factory=dict)  # what gradient checkpointing did, and for auto why
 
 
 @dataclass
@@ -192,11 +196,19 @@ def train_concept(
         with torch.no_grad():
             cand_ctx = backend.encode_text(memory.candidates(), memory.tokens()).detach()
         n_prev = len(memory.concepts)
-    if cfg.gradient_checkpointing:
-        backend.enable_gradient_checkpointing()
     fixed_ctx = None if token is not None else backend.encode_text(uniq).detach()
     history, t0 = [], time.perf_counter()
     with deltas.applied(backend):
+        def one_sample():  # a training forward of one sample, off the training random stream
+            g = torch.Generator().manual_seed(cfg.seed + 1)
+            t1, eps1 = draw_t_eps(backend, x0[:1].to(dev), g)
+            ctx1 = backend.encode_text(uniq[:1], {trigger: token}) if token is not None else fixed_ctx[:1]
+            return denoise_error(backend, x0[:1].to(dev), t1, eps1, ctx1).sum()
+
+        passes = min(cfg.batch_size, len(x0)) + (cfg.dsc_batch * min(cfg.dc_max_candidates, n_prev + 1) if use_dsc else 0)
+        ckpt = decide(cfg.gradient_checkpointing, one_sample, passes, backend.free_memory(), backend.networks())
+        if ckpt["on"]:
+            backend.enable_gradient_checkpointing()
         for step in range(cfg.steps):
             idx = torch.randint(0, len(x0), (min(cfg.batch_size, len(x0)),), generator=gen)
             xb = x0[idx].to(dev)
@@ -240,4 +252,5 @@ def train_concept(
         seconds=time.perf_counter() - t0,
         config=asdict(cfg),
         optimizer_state_bytes=state_bytes,
+        checkpointing=ckpt,
     )

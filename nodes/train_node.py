@@ -6,9 +6,10 @@ import logging
 import torch
 from comfy_api.latest import io
 
+from ..core.checkpointing import CHECKPOINTING
 from ..core.carried import require_carried, summed_changes, without
 from ..core.continual import train_into_memory
-from ..core.images import check_image_batch, with_flips
+from ..core.images import check_image_batch, training_views
 from ..core.memory import ContinualMemory
 from ..core.pictures import loss_curve
 from ..core.precision import PRECISIONS
@@ -57,10 +58,11 @@ class ContinualTrainStep(io.ComfyNode):
                                  tooltip="Also learn the trigger word's embedding (the CLIP output carries it)."),
                 io.Int.Input("batch_size", default=4, min=1, max=64,
                              tooltip="Images per step (lower = less memory)."),
-                io.Boolean.Input("gradient_checkpointing", default=True,
-                                 tooltip="Recompute UNet blocks in the backward pass: less memory, slower (their forward "
-                                         "runs twice). On by default: without it SD1.5 at 512 px, batch 4, needs ~8.2 GB "
-                                         "(bench/RESULTS.md); with it ~3.5 GB."),
+                io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto",
+                               tooltip="Recompute UNet blocks in the backward pass: less memory, slower (their forward "
+                                       "runs twice). auto: one forward measures what a step keeps, and it goes on when "
+                                       "that would not fit the free memory (SD1.5 at 512 px, batch 4, keeps ~6 GB "
+                                       "without it, ~1.3 GB with it: bench/RESULTS.md)."),
                 Memory.Input("memory", optional=True, tooltip="Continual memory from earlier concepts (none: first concept)."),
                 io.String.Input("generic_prompt", default="a photo", tooltip="DC candidate standing for what the model drew before."),
                 io.Boolean.Input("replace", default=False,
@@ -81,7 +83,7 @@ class ContinualTrainStep(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, images, neurons, prompt, trigger, name, steps, lr, lam_prev, lam_base, lam_ewc,
                 lam_dsc, dc_every, seed, train_token=True, batch_size=4,
-                gradient_checkpointing=True, memory=None, generic_prompt="a photo", replace=False,
+                gradient_checkpointing="auto", memory=None, generic_prompt="a photo", replace=False,
                 flip=True, precision="auto") -> io.NodeOutput:
         images = check_image_batch(images)
         check_trigger_in_prompt(prompt, trigger)
@@ -90,7 +92,8 @@ class ContinualTrainStep(io.ComfyNode):
         old = concepts_to_replace(memory, name, trigger, replace)
         cfg = TrainConfig(steps=steps, lr=lr, lam_prev=lam_prev, lam_base=lam_base, lam_ewc=lam_ewc, lam_dsc=lam_dsc,
                           dc_every=dc_every, train_token=train_token, seed=seed,
-                          batch_size=batch_size, gradient_checkpointing=gradient_checkpointing, precision=precision)
+                          batch_size=batch_size, gradient_checkpointing=gradient_checkpointing, precision=precision,
+                          flip=flip)
         cfg.validate()
         if old:  # the memory must explain the model as it came in, before anything is taken out
             with reading_backend(model, clip) as b:
@@ -104,9 +107,10 @@ class ContinualTrainStep(io.ComfyNode):
                 require_carried(mem, b)
             else:
                 mem = ContinualMemory.for_model(b, generic_prompt)
-            x0 = b.encode_images(with_flips(images) if flip else images)
+            x0 = b.encode_images(training_views(images, None, cfg.flip)[0])
             cb = progress(steps, lambda s, t, terms: f"step {s}/{t} loss {terms.get('total', 0):.4f}")
             res, _ = train_into_memory(b, mem, x0, name, trigger, prompt, neurons.rows, cfg, callback=cb)
+            logging.info("Continual Train Step: gradient checkpointing %s", res.checkpointing)
             out_clip = patched_clip(clip, b, trigger, res.token)
         with torch.inference_mode(False):
             out_model = patched_model(model, res.deltas)

@@ -126,6 +126,22 @@ class Backend(ABC):
     def enable_gradient_checkpointing(self) -> None:  # optional speed/memory switch
         """Trade compute for memory during training, where the host supports it."""
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The modules a training step runs through: their weights are resident, not kept activations."""
+        return []
+
+    def free_memory(self) -> int | None:
+        """Bytes free on the training device (None: unknown): a CUDA device's free memory, else the system's
+        available RAM."""
+        dev = torch.device(self.device)
+        if dev.type == "cuda":
+            return torch.cuda.mem_get_info(dev)[0]
+        try:
+            with open("/proc/meminfo") as f:
+                return next(int(l.split()[1]) * 1024 for l in f if l.startswith("MemAvailable:"))
+        except (OSError, StopIteration):
+            return None
+
     @property
     def num_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])

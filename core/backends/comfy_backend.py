@@ -154,6 +154,14 @@ class ComfyBackend(Backend):
                 block.forward = lambda *a, _f=block.forward, **k: checkpoint(_f, *a, use_reentrant=False, **k)
                 self._patched_forward.append(block)
 
+    def networks(self):
+        return [self.mp.model] + ([self.clip.cond_stage_model] if self.clip is not None else [])
+
+    def free_memory(self):
+        import comfy.model_management as mm
+
+        return mm.get_free_memory(self.device)
+
     def close(self):
         """Leave the shared modules as they were: no row-delta hooks, no checkpointing wrappers, the parameters
         prepare_for_training froze trainable again."""

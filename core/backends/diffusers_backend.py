@@ -117,6 +117,9 @@ class DiffusersBackend(Backend):
         w = self._weight(layer)
         w.index_add_(0, rows.to(w.device), delta.to(w.device, w.dtype))
 
+    def networks(self):
+        return [self.unet, self.text_encoder]
+
     def unet_param_count(self):
         return sum(p.numel() for p in self.unet.parameters())
 

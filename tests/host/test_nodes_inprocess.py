@@ -70,8 +70,8 @@ def test_gradient_checkpointing_gives_the_same_concept_and_is_undone(trained):
     kw = dict(model=t["m2"], clip=t["c2"], vae=t["vae"], images=t["images"], neurons=t["neurons"],
               prompt="a photo of ohwx", trigger="ohwx", name="c", steps=2, lr=1e-2, lam_prev=1.0, lam_base=0.1,
               lam_ewc=0, lam_dsc=1.0, dc_every=1, seed=0, batch_size=2, memory=t["mem"])
-    plain = run(ContinualTrainStep, **kw)[2].concepts[-1]
-    ckpt = run(ContinualTrainStep, **kw, gradient_checkpointing=True)[2].concepts[-1]
+    plain = run(ContinualTrainStep, **kw, gradient_checkpointing="off")[2].concepts[-1]
+    ckpt = run(ContinualTrainStep, **kw, gradient_checkpointing="on")[2].concepts[-1]
     for layer, d in plain.delta.items():
         assert torch.allclose(d, ckpt.delta[layer], atol=1e-6), layer
     assert torch.allclose(plain.token, ckpt.token, atol=1e-6) and plain.delta
@@ -339,6 +339,6 @@ def test_flip_is_on_by_default_and_changes_what_is_trained(trained):
     t = trained
     kw = dict(model=t["model"], clip=t["clip"], vae=t["vae"], images=t["images"], neurons=t["neurons"],
               prompt="a photo of ohwx", trigger="ohwx", name="f", steps=1, lr=2e-3, lam_prev=1.0, lam_base=0.1,
-              lam_ewc=0, lam_dsc=0, dc_every=1, seed=0, batch_size=4, gradient_checkpointing=False)
+              lam_ewc=0, lam_dsc=0, dc_every=1, seed=0, batch_size=4, gradient_checkpointing="off")
     flipped, plain = (run(ContinualTrainStep, **kw, **extra)[2].concepts[-1] for extra in ({}, {"flip": False}))
     assert any(not torch.equal(d, plain.delta[n]) for n, d in flipped.delta.items())
