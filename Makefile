@@ -6,7 +6,7 @@ COMFYUI_PATH ?= /opt/ComfyUI
 COMFY_PY ?= $(COMFYUI_PATH)/.venv/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install demo test test-host bench bench-toy clean
+.PHONY: install demo test test-host test-host-full bench bench-toy clean
 
 $(VENV)/.installed: pyproject.toml requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ test-host:
 	@if [ ! -x "$(COMFY_PY)" ]; then echo "test-host: no ComfyUI python at $(COMFY_PY) (set COMFYUI_PATH): skipped"; exit 0; fi
 	$(COMFY_PY) -m pip install -q --no-deps -e .
 	COMFYUI_PATH=$(COMFYUI_PATH) $(COMFY_PY) -m pytest -q tests/host
+
+# not in CI: full-size SD1.5 and SDXL checkpoints (random weights, built in a temp folder) through the server; ~20 GB RAM
+test-host-full:
+	@if [ ! -x "$(COMFY_PY)" ]; then echo "test-host-full: no ComfyUI python at $(COMFY_PY) (set COMFYUI_PATH)"; exit 1; fi
+	$(COMFY_PY) -m pip install -q --no-deps -e .
+	CONTINUAL_FULL=1 COMFYUI_PATH=$(COMFYUI_PATH) $(COMFY_PY) -m pytest -q -s -m full tests/host
 
 bench: install
 	# (d) runs our merge node inside ComfyUI's python: make this checkout importable there when it exists

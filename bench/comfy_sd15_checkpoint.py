@@ -15,7 +15,6 @@ def build_checkpoint(path: str, seed: int = 0, full: bool = False) -> str:
     import comfy.ops
     import comfy.sd1_clip
     import torch
-    from comfy.ldm.models.autoencoder import AutoencoderKL
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from safetensors.torch import save_file
 
@@ -25,16 +24,29 @@ def build_checkpoint(path: str, seed: int = 0, full: bool = False) -> str:
                      use_linear_in_transformer=False, operations=comfy.ops.disable_weight_init,
                      **(FULL if full else SLIM))
     clip = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float32)
+    sd = {}
+    for prefix, m in (("model.diffusion_model.", unet), ("cond_stage_model.transformer.", clip.transformer)):
+        random_init(m)
+        sd.update(half(m.state_dict(), prefix))
+    sd.update(half(random_vae_state_dict(), "first_stage_model."))
+    save_file(sd, path)
+    return path
+
+
+def half(sd: dict, prefix: str = "") -> dict:
+    """Tensors as released checkpoints store them: floating point in fp16, contiguous, under `prefix`."""
+    return {prefix + k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+
+
+def random_vae_state_dict() -> dict:
+    """The SD / SDXL VAE (same architecture; only the latent scale differs) with random weights."""
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
     ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
                 "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
     vae = AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
-    sd = {}
-    for prefix, m in (("model.diffusion_model.", unet), ("cond_stage_model.transformer.", clip.transformer),
-                      ("first_stage_model.", vae)):
-        random_init(m)
-        sd.update({prefix + k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in m.state_dict().items()})
-    save_file(sd, path)
-    return path
+    random_init(vae)
+    return vae.state_dict()
 
 
 def random_init(model) -> None:

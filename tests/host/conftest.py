@@ -1,7 +1,13 @@
 """Host tests run with ComfyUI's own python against a checkout at COMFYUI_PATH (default /opt/ComfyUI);
 without one every test here is skipped with that reason."""
+import json
 import os
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -10,13 +16,20 @@ COMFYUI = Path(os.environ.get("COMFYUI_PATH", "/opt/ComfyUI"))
 HAVE_COMFY = (COMFYUI / "main.py").is_file() and (COMFYUI / "comfy").is_dir()
 
 
+FULL = os.environ.get("CONTINUAL_FULL") == "1"  # set by `make test-host-full`
+PACK = Path(__file__).resolve().parents[2]
+
+
 def pytest_collection_modifyitems(config, items):
-    if HAVE_COMFY:
-        return
+    skip_full = pytest.mark.skip(reason="full-size models (~20 GB RAM): run `make test-host-full`")
     skip = pytest.mark.skip(reason=f"no ComfyUI checkout at {COMFYUI} (set COMFYUI_PATH)")
     for item in items:
-        if "tests/host" in str(item.fspath):
+        if "tests/host" not in str(item.fspath):
+            continue
+        if not HAVE_COMFY:
             item.add_marker(skip)
+        elif "full" in item.keywords and not FULL:
+            item.add_marker(skip_full)
 
 
 if HAVE_COMFY:
@@ -119,3 +132,50 @@ def run_node_ui(node, **kw):
 
     with torch.inference_mode():
         return node.execute(**kw)
+
+
+@contextmanager
+def comfy_server(base: Path):
+    """ComfyUI's own main.py, headless on CPU on 127.0.0.1 with only this pack (symlinked into base/custom_nodes),
+    base as its base directory; yields (url, process) once it answers, prints the executed/error lines at exit."""
+    (base / "custom_nodes").mkdir(exist_ok=True)
+    (base / "custom_nodes" / "continual_concepts").symlink_to(PACK)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--base-directory", str(base), "--disable-all-custom-nodes", "--whitelist-custom-nodes",
+                             "continual_concepts", "--disable-api-nodes"], cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url + "/system_stats", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError((base / "server.log").read_text()[-3000:])
+                time.sleep(1)
+        yield url, proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+        print("\n--- server log summary ---\n" + "\n".join(
+            l for l in (base / "server.log").read_text().splitlines() if "Prompt executed" in l or "Error" in l))
+
+
+def queue(url, wf, tmp_path, name, timeout=900):
+    """Queue an API workflow with our queue client; its outputs (per node id). Prints the time per node."""
+    p = tmp_path / f"{name}.json"
+    p.write_text(json.dumps(wf))
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "continual_concepts", "queue", str(p), "--server", url, "--timeout",
+                          str(timeout)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"{name}: {time.time() - t0:.1f} s; per node: " + ", ".join(
+        f"{t['class_type']} {t['seconds']:.1f} s" for t in res["node_seconds"].values()))
+    assert res["node_seconds"], "the queue client timed no node"
+    return res["outputs"]

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import COMFYUI
+from conftest import PACK, comfy_server, queue
 
-PACK = Path(__file__).resolve().parents[2]
 SMALL = {  # keep CPU time small: the graphs are the shipped ones, only sizes and step counts shrink
+    "ContinualConcepts_LoadConceptImages": {"size": 64},
     "ContinualConcepts_SelectConceptNeurons": {"calibration_prompts": 2, "budget_pct": 0.5},
     "ContinualConcepts_ContinualTrainStep": {"steps": 2},
     "ContinualConcepts_DCScoreProbe": {"timesteps": 2},
@@ -33,48 +33,10 @@ def small(wf):
 @pytest.fixture(scope="module")
 def server(slim_ckpt, tmp_path_factory):
     base = tmp_path_factory.mktemp("comfy")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "continual_concepts").symlink_to(PACK)
     (base / "models" / "checkpoints").mkdir(parents=True)
     shutil.copy(slim_ckpt, base / "models" / "checkpoints" / "slim_sd15.safetensors")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(base / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                             "--base-directory", str(base), "--disable-all-custom-nodes", "--whitelist-custom-nodes",
-                             "continual_concepts", "--disable-api-nodes"], cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url + "/system_stats", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError((base / "server.log").read_text()[-3000:])
-                time.sleep(1)
+    with comfy_server(base) as (url, proc):
         yield url, base, proc
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
-        print("\n--- server log summary ---\n" + "\n".join(
-            l for l in (base / "server.log").read_text().splitlines() if "Prompt executed" in l or "Error" in l))
-
-
-def queue(url, wf, tmp_path, name):
-    p = tmp_path / f"{name}.json"
-    p.write_text(json.dumps(wf))
-    t0 = time.time()
-    out = subprocess.run([sys.executable, "-m", "continual_concepts", "queue", str(p), "--server", url, "--timeout", "900"],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    res = json.loads(out.stdout.strip().splitlines()[-1])
-    print(f"{name}: {time.time() - t0:.1f} s; per node: " + ", ".join(
-        f"{t['class_type']} {t['seconds']:.1f} s" for t in res["node_seconds"].values()))
-    assert res["node_seconds"], "the queue client timed no node"
-    return res["outputs"]
 
 
 def test_every_node_type_is_registered(server):
