@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from ..core.memory import ContinualMemory
-from ..core.pictures import heatmap, sample_grid, save_png
 from ..core.sequence import dc_probe_accuracy
+from ..report.pictures import heatmap, sample_grid, save_png
 from .methods import learn
 
 

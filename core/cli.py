@@ -70,10 +70,10 @@ def _progress():
 def cmd_select(a):
     import torch
 
+    from ..report.pictures import neuron_map, save_png
     from .images import load_image_folder
     from .memory import ContinualMemory
     from .neurons import SelectConfig, select_concept_neurons
-    from .pictures import neuron_map, save_png
 
     b = load_backend(a.model)
     images = load_image_folder(a.images, a.size, a.fit)
@@ -101,11 +101,11 @@ def cmd_train(a):
     import torch
     from safetensors.torch import load_file
 
+    from ..report.pictures import loss_curve, save_png
     from .continual import learn_concept
     from .images import load_image_folder
     from .memory import ContinualMemory
     from .neurons import SelectConfig
-    from .pictures import loss_curve, save_png
     from .train import TrainConfig
 
     b = load_backend(a.model)
@@ -132,10 +132,10 @@ def cmd_train(a):
 
 
 def cmd_probe(a):
+    from ..report.pictures import dc_chart, save_png
     from .dc_scores import dc_scores
     from .images import load_image_folder
     from .memory import ContinualMemory
-    from .pictures import dc_chart, save_png
 
     b = load_backend(a.model)
     images = load_image_folder(a.images, a.size, a.fit)
@@ -176,9 +176,10 @@ def cmd_merge(a):
 def cmd_sequence(a):
     import yaml
 
+    from ..report.sequence import run_sequence
     from .images import load_image_folder
     from .neurons import SelectConfig
-    from .sequence import ConceptSpec, run_sequence
+    from .sequence import ConceptSpec
     from .train import TrainConfig
 
     path = Path(a.config)
@@ -224,24 +225,8 @@ def cmd_queue(a):
                        *(["--timeout", str(a.timeout)] if a.timeout else [])])
 
 
-def memory_table(info: dict) -> str:
-    """`memory show` as text: the file and its base model, then one line per concept."""
-    def cell(v, fmt="{}"):
-        return "–" if v is None else fmt.format(v)
-
-    head = [f"file: {info['file']} ({info['bytes'] / 1024:.1f} KiB, format version {info['format_version']})",
-            f"base model fingerprint: {info['fingerprint'][:16]}", f"generic prompt: {info['generic_prompt']!r}",
-            f"concepts: {len(info['concepts'])}"]
-    cols = ["name", "trigger", "prompt", "rows", "% UNet params", "steps", "seconds", "date", "final loss"]
-    rows = [[c["name"], c["trigger"], c["prompt"], str(c["rows"]), cell(c["params_pct"], "{:.3f}"),
-             cell(c["steps"]), cell(c["seconds"], "{:.1f}"), cell(c["date"]), cell(c["final_loss"], "{:.4f}")]
-            for c in info["concepts"]]
-    width = [max(len(x) for x in col) for col in zip(cols, *rows)]
-    line = lambda r: "  ".join(x.ljust(w) for x, w in zip(r, width)).rstrip()  # noqa: E731
-    return "\n".join(head + ([line(cols)] + [line(r) for r in rows] if rows else []))
-
-
 def cmd_memory_show(a):
+    from ..report.tables import memory_table
     from .memory import ContinualMemory
 
     summary = ContinualMemory.load(a.file).summary()

@@ -7,7 +7,7 @@ import torch
 from comfy_api.latest import io
 
 from ..core.backends.comfy_backend import ComfyBackend, model_type_name
-from ..core.pictures import to_comfy_image
+from ..report.pictures import to_comfy_image
 
 CATEGORY = "continual_concepts"
 Neurons = io.Custom("CC_NEURONS")

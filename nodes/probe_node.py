@@ -10,7 +10,7 @@ from ..core.backends.counting import CountingBackend
 from ..core.carried import require_carried
 from ..core.dc_scores import dc_scores
 from ..core.images import check_image_batch
-from ..core.pictures import dc_chart
+from ..report.pictures import dc_chart
 from .common import CATEGORY, Memory, image, progress, training_backend
 
 

@@ -7,9 +7,9 @@ from comfy_api.latest import io
 
 from ..core.images import check_image_batch
 from ..core.neurons import SelectConfig, default_calibration_prompts, select_concept_neurons
-from ..core.pictures import neuron_map
 from ..core.precision import compute_dtype
 from ..core.validate import check_trigger_in_prompt
+from ..report.pictures import neuron_map
 from .common import CATEGORY, Memory, Neurons, image, progress, size_warning, training_backend
 
 

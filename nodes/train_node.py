@@ -11,10 +11,10 @@ from ..core.carried import require_carried, summed_changes, without
 from ..core.continual import train_into_memory
 from ..core.images import check_image_batch, training_views
 from ..core.memory import ContinualMemory
-from ..core.pictures import loss_curve
 from ..core.precision import PRECISIONS
 from ..core.train import TrainConfig
 from ..core.validate import check_trigger_in_prompt, concepts_to_replace
+from ..report.pictures import loss_curve
 from .common import (CATEGORY, Memory, Neurons, image, patched_clip, patched_model, progress, reading_backend,
                      size_warning, training_backend)
 

@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default=";".join(VARIANTS), help="names separated by ;")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from ...core.pictures import save_png
+    from ...report.pictures import save_png
 
     out = Path(a.out or f"out/close-pair-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)

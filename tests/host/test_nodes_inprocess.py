@@ -162,6 +162,25 @@ def test_probe_json_and_predicted(trained):
     assert all(abs(sum(p) - 1) < 1e-4 for p in data["probs"]) and len(pred.splitlines()) == 2
 
 
+def test_memory_info_shows_the_table_memory_show_prints(trained, tmp_path, capsys):
+    from continual_concepts.core.cli import main
+    from continual_concepts.nodes.info_node import ConceptMemoryInfo
+
+    mem = trained["mem"]
+    res = run_node_ui(ConceptMemoryInfo, memory=mem)
+    (text,) = res.args
+    assert res.ui["text"] == [text]
+    rec = mem.concepts[0]
+    assert f"base model fingerprint: {mem.fingerprint[:16]}" in text and "concepts: 1" in text
+    row = text.splitlines()[-1].split()
+    assert row[:5] == ["a", "sks", "a", "photo", "of"] and row[6] == str(rec.n_rows) and row[8] == "3"  # 3 steps
+    mem.save(tmp_path / "m.safetensors")
+    capsys.readouterr()
+    assert main(["memory", "show", str(tmp_path / "m.safetensors")]) == 0
+    shown = capsys.readouterr().out.strip().splitlines()
+    assert shown[0].startswith("file: ") and text.splitlines()[1:] == shown[1:]  # the CLI adds the file and its size
+
+
 def test_merge_writes_each_file_where_comfyui_loaders_look(trained, comfy_dirs, lora_kv):
     """Checkpoint in output/checkpoints/, LoRA in loras, embedding in embeddings (as the stock loaders list them),
     memory in output/concept_memory/; the report names every file; files are 0644; only selected rows changed."""

@@ -126,7 +126,7 @@ def sample_grid(images: torch.Tensor, ncol: int, labels: list[str] | None = None
 def save_png(path, array: np.ndarray):
     from PIL import Image
 
-    from .atomic_io import atomic_write
+    from ..core.atomic_io import atomic_write
 
     return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
 
