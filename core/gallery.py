@@ -46,6 +46,17 @@ def _shape(backend: Backend, size: int | None):
         return tuple(backend.encode_images(torch.zeros(1, size, size, 3)).shape[1:])
 
 
+def check_gallery(memory: ContinualMemory | None, samples: int, size: int | None, steps: int) -> None:
+    """One clear error per bad input, before any model is loaded."""
+    for what, v in (("samples", samples), ("steps", steps)):
+        if v < 1:
+            raise ValueError(f"{what} must be at least 1 (got {v})")
+    if size is not None and (size < 8 or size % 8):
+        raise ValueError(f"size must be a multiple of 8 px, at least 8 (got {size})")
+    if memory is None or not memory.concepts:
+        raise ValueError("memory: it holds no concepts yet; the gallery shows learned concepts")
+
+
 def gallery_work(n_concepts: int, samples: int, steps: int, cfg: float) -> int:
     """Denoiser evaluations a gallery takes (progress total): sampling every column, then the DC self-check."""
     per_step = samples * (1 if cfg == 1.0 else 2)
@@ -60,13 +71,7 @@ def concept_gallery(backend: Backend, memory: ContinualMemory, seed: int = 0, sa
     generations against every candidate (generic + each concept). `backend` must carry the memory's concepts.
 
     progress(done, total) is called after each batch of denoiser evaluations (it may raise to cancel)."""
-    for what, v, lo in (("samples", samples, 1), ("steps", steps, 1)):
-        if v < lo:
-            raise ValueError(f"{what} must be at least {lo} (got {v})")
-    if size is not None and (size < 8 or size % 8):
-        raise ValueError(f"size must be a multiple of 8 px, at least 8 (got {size})")
-    if not memory.concepts:
-        raise ValueError("memory: it holds no concepts yet; the gallery shows learned concepts")
+    check_gallery(memory, samples, size, steps)
     total = gallery_work(len(memory.concepts), samples, steps, cfg)
     b = CountingBackend(backend, lambda done: progress(done, total)) if progress else backend
     tokens, shape = memory.tokens(), _shape(backend, size)

@@ -47,8 +47,9 @@ def model_fingerprint(backend: Backend, pretrained: dict | None = None) -> str:
     h = hashlib.sha256()
     for layer in backend.kv_layers():
         w = layer.weight.detach().float().cpu()
-        if pretrained and layer.name in pretrained:
-            rows, vals = pretrained[layer.name]
+        rows, vals = (pretrained or {}).get(layer.name, (None, None))
+        # rows that do not fit this layer (another model's memory) are left out: the hash then differs, as it should
+        if rows is not None and vals.shape[1:] == w.shape[1:] and (not len(rows) or int(rows.max()) < len(w)):
             w = w.clone()
             w[rows] = vals.float()
         h.update(layer.name.encode())

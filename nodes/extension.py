@@ -2,6 +2,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .apply_node import ApplyConceptMemory
+from .gallery_node import ConceptGallery
 from .memory_nodes import LoadConceptImages, LoadConceptMemory, SaveConceptMemory
 from .merge_node import MergeIntoCheckpoint
 from .probe_node import DCScoreProbe
@@ -9,7 +10,7 @@ from .select_node import SelectConceptNeurons
 from .train_node import ContinualTrainStep
 
 NODES = [LoadConceptImages, SelectConceptNeurons, ContinualTrainStep, DCScoreProbe, MergeIntoCheckpoint,
-         LoadConceptMemory, SaveConceptMemory, ApplyConceptMemory]
+         LoadConceptMemory, SaveConceptMemory, ApplyConceptMemory, ConceptGallery]
 
 
 class ContinualConceptsExtension(ComfyExtension):

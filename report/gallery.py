@@ -30,16 +30,24 @@ def _picked(picks: list[str]) -> str:
     return ", ".join(f"{name} {k}" for name, k in Counter(picks).most_common())
 
 
-def gallery_picture(g: Gallery) -> np.ndarray:
-    """RGB uint8 [H, W, 3]: thumbnails (when the memory holds any), then one row per sample seed, and the table."""
-    n_col, n, h, w, _ = g.images.shape
+def gallery_cells(g: Gallery) -> tuple[torch.Tensor, list[str]]:
+    """The grid's cells [rows, columns, H, W, 3] (a row of thumbnails when the memory holds any, then one row per
+    sample) and the rows' labels."""
+    n = g.images.shape[1]
     thumbs = any(t is not None for t in g.thumbnails)
-    rows = ([_thumbnail_row(g, h, w)] if thumbs else []) + [g.images[:, j] for j in range(n)]
+    rows = ([_thumbnail_row(g, *g.images.shape[2:4])] if thumbs else []) + [g.images[:, j] for j in range(n)]
+    return torch.stack(rows), (["training image"] if thumbs else []) + [f"sample {j + 1}" for j in range(n)]
+
+
+def gallery_picture(g: Gallery) -> np.ndarray:
+    """RGB uint8 [H, W, 3]: gallery_cells with the columns' names and triggers beneath, and the self-check table."""
+    cells, row_labels = gallery_cells(g)
+    n_row, n_col, h, w, _ = cells.shape
     scale = max(1, CELL_PX // max(h, w))
-    grid = sample_grid(torch.cat(rows), ncol=n_col, scale=scale)
+    grid = sample_grid(cells.flatten(0, 1), ncol=n_col, scale=scale)
     gh, gw = grid.shape[:2]
     pad_x = (gw - n_col * w * scale) / (n_col + 1)  # sample_grid's white gap, read off the grid
-    pad_y = (gh - len(rows) * h * scale) / (len(rows) + 1)
+    pad_y = (gh - n_row * h * scale) / (n_row + 1)
 
     check = g.self_check()
     cells = [[c["name"], c["trigger"], f"{c['correct']:.0%}", _picked(c["picked"])] for c in check["concepts"]]
@@ -54,13 +62,12 @@ def gallery_picture(g: Gallery) -> np.ndarray:
     ax.set_xticks([pad_x + c * (w * scale + pad_x) + w * scale / 2 for c in range(n_col)])
     ax.set_xticklabels([f"{name}\n{trig}" if trig else f"{name}\n'{prompt}'"
                         for name, trig, prompt in zip(g.names, g.triggers, g.prompts)], fontsize=8)
-    ax.set_yticks([pad_y + r * (h * scale + pad_y) + h * scale / 2 for r in range(len(rows))])
-    seed = g.settings["seed"]
-    ax.set_yticklabels((["training image"] if thumbs else []) + [f"sample {j + 1}" for j in range(n)], fontsize=8)
+    ax.set_yticks([pad_y + r * (h * scale + pad_y) + h * scale / 2 for r in range(n_row)])
+    ax.set_yticklabels(row_labels, fontsize=8)
     ax.tick_params(length=0)
     for s in ax.spines.values():
         s.set_visible(False)
-    fig.suptitle(f"Concept gallery: seed {seed}, {g.settings['steps']} steps, cfg {g.settings['cfg']:g}; "
+    fig.suptitle(f"Concept gallery: seed {g.settings['seed']}, {g.settings['steps']} steps, cfg {g.settings['cfg']:g}; "
                  f"DC self-check mean {check['mean_correct']:.0%}", fontsize=9, y=1 - 0.15 / height)
     tab_ax = fig.add_axes([0.03, 0.1 / height, 0.94, (table - 0.1) / height])
     tab_ax.axis("off")
