@@ -27,13 +27,13 @@ class Gallery:
     images: torch.Tensor  # [columns, samples, H, W, 3] in 0..1; sample j of every column starts from the same noise
     thumbnails: list[torch.Tensor | None]  # uint8 [h, w, 3] per column (the training thumbnail), None where absent
     picked: list[list[str]]  # per concept: the name the DC probe picked for each of its generations
+    correct: list[float]  # per concept: the fraction of them it attributed to that concept
     settings: dict
 
     def self_check(self) -> dict:
         """JSON-ready: per concept the fraction of its own generations the DC probe attributes to it."""
-        concepts = [{"name": n, "trigger": t, "prompt": p, "correct": sum(x == n for x in picks) / len(picks),
-                     "picked": picks}
-                    for n, t, p, picks in zip(self.names, self.triggers, self.prompts, self.picked)]
+        concepts = [{"name": n, "trigger": t, "prompt": p, "correct": ok, "picked": picks}
+                    for n, t, p, picks, ok in zip(self.names, self.triggers, self.prompts, self.picked, self.correct)]
         mean = sum(c["correct"] for c in concepts) / len(concepts) if concepts else None
         return {**self.settings, "candidates": [GENERIC] + self.names[:-1], "concepts": concepts, "mean_correct": mean}
 
@@ -78,12 +78,12 @@ def concept_gallery(backend: Backend, memory: ContinualMemory, seed: int = 0, sa
     prompts = [c.prompt for c in memory.concepts] + [memory.generic_prompt]
     images = torch.stack([sample(b, [p] * samples, steps=steps, guidance=cfg, seed=seed, shape=shape, tokens=tokens)
                           .float().cpu() for p in prompts])
-    _, probs = dc_probe_accuracy(b, memory, list(images[:-1]), n_timesteps=DC_TIMESTEPS, seed=seed)
+    correct, probs = dc_probe_accuracy(b, memory, list(images[:-1]), n_timesteps=DC_TIMESTEPS, seed=seed)
     candidates = [GENERIC] + [c.name for c in memory.concepts]
     picks = [candidates[i] for i in probs.argmax(1).tolist()]
     return Gallery(
         names=[c.name for c in memory.concepts] + [GENERIC], triggers=[c.trigger for c in memory.concepts] + [""],
         prompts=prompts, images=images, thumbnails=[c.thumbnail for c in memory.concepts] + [None],
-        picked=[picks[i * samples:(i + 1) * samples] for i in range(len(memory.concepts))],
+        picked=[picks[i * samples:(i + 1) * samples] for i in range(len(memory.concepts))], correct=correct,
         settings={"seed": seed, "samples": samples, "size": size or images.shape[-2], "steps": steps, "cfg": cfg,
                   "dc_timesteps": DC_TIMESTEPS})
