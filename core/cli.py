@@ -1,4 +1,4 @@
-"""Command line: select, train, probe, merge, sequence, memory show, queue (`python -m continual_concepts --help`).
+"""Command line: select, train, probe, merge, sequence, gallery, memory show, queue (`python -m continual_concepts --help`).
 
 Bad input gives a one-line message and exit code 2, with nothing written."""
 from __future__ import annotations
@@ -218,6 +218,30 @@ def cmd_sequence(a):
     print(json.dumps(rep["summary"]))
 
 
+def cmd_gallery(a):
+    from ..report.gallery import gallery_picture
+    from .atomic_io import atomic_write
+    from .gallery import check_gallery, concept_gallery
+    from .memory import ContinualMemory
+    from ..report.pictures import save_png
+
+    out = Path(a.out)
+    out_json = out.with_suffix(".json")
+    for p in (out, out_json):
+        if p.exists():
+            raise FileExistsError(f"--out: {p} already exists: refusing to overwrite")
+    mem = ContinualMemory.load(a.memory)
+    check_gallery(mem, a.samples, a.size, a.steps)
+    b = load_backend(a.model)
+    mem.apply_to(b, a.force)
+    g = concept_gallery(b, mem, seed=a.seed, samples=a.samples, size=a.size, steps=a.steps, cfg=a.cfg)
+    js = json.dumps(g.self_check())
+    picture = gallery_picture(g)
+    atomic_write(out_json, lambda tmp: Path(tmp).write_text(js))
+    save_png(out, picture)
+    print(js)
+
+
 def cmd_queue(a):
     from .queue_client import main as queue_main
 
@@ -235,6 +259,7 @@ def cmd_memory_show(a):
 
 
 def build_parser():
+    from .gallery import DEFAULT_CFG
     from .images import FITS
     from .neurons import SelectConfig
     from .train import TrainConfig
@@ -299,6 +324,19 @@ def build_parser():
     ms.add_argument("file")
     ms.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     ms.set_defaults(fn=cmd_memory_show)
+
+    g = sub.add_parser("gallery", help="every learned concept and the generic prompt sampled in one grid, with a "
+                                       "DC self-check")
+    g.add_argument("--model", default="tiny", help="the memory's base model: diffusers folder, 'tiny' or 'toy'")
+    g.add_argument("--memory", required=True, help="continual memory (.safetensors)")
+    g.add_argument("--force", action="store_true", help="accept a memory made for another base model")
+    g.add_argument("--out", required=True, help="grid PNG (the self-check JSON is written beside it, .json)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--samples", type=int, default=4, help="images per concept")
+    g.add_argument("--size", type=int, default=None, help="sample size in px (default: the model's own)")
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--cfg", type=float, default=DEFAULT_CFG, help="classifier-free guidance scale")
+    g.set_defaults(fn=cmd_gallery)
 
     w = sub.add_parser("queue", help="queue an API-format workflow on a running ComfyUI")
     w.add_argument("workflow")

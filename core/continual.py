@@ -8,7 +8,7 @@ import torch
 
 from .backends.base import Backend
 from .fisher import dc_fisher
-from .images import training_views
+from .images import thumbnail, training_views
 from .memory import ConceptRecord, ContinualMemory
 from .neurons import NeuronSelection, SelectConfig, select_concept_neurons
 from .train import TrainConfig, TrainResult, train_concept
@@ -58,6 +58,7 @@ def train_into_memory(
     callback=None,
     captions: list[str] | None = None,
     metrics: dict | None = None,
+    first_image: torch.Tensor | None = None,
 ) -> tuple[TrainResult, ConceptRecord]:
     """Learn one concept into `memory` without writing the backend's weights: train, record the rows' pretrained
     values and the concept, and fold its DC Fisher (measured at W + the new deltas). The CLI, the benchmarks and
@@ -75,6 +76,7 @@ def train_into_memory(
         metrics={**(metrics or {}), "seconds": res.seconds, "final_loss": res.history[-1]["diff"],
                  "params_pct": 100 * n_params / backend.unet_param_count(),
                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        thumbnail=None if first_image is None else thumbnail(first_image),
     )
     memory.record_pretrained(backend, record.rows)
     memory.add_concept(record)
@@ -115,7 +117,7 @@ def learn_concept(
     else:
         sel = NeuronSelection(rows, report={"selected_rows": sum(len(r) for r in rows.values()), "given": True})
     res, record = train_into_memory(backend, memory, x_all, name, trigger, prompt, sel.rows, train_cfg, callback,
-                                    view_captions, metrics={"selected_rows": sel.n_rows})
+                                    view_captions, metrics={"selected_rows": sel.n_rows}, first_image=images[0])
     record.config["select"] = asdict(select_cfg)
     bake(backend, record)
     return ConceptOutcome(sel, res, record)

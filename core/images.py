@@ -52,6 +52,16 @@ def fit_square(rgb: np.ndarray, size: int, fit: str = "crop") -> np.ndarray:
     return np.asarray(im, dtype=np.float32) / 255.0
 
 
+THUMBNAIL_SIZE = 64
+
+
+def thumbnail(image: torch.Tensor, size: int = THUMBNAIL_SIZE) -> torch.Tensor:
+    """A concept's picture in its memory: one image [H,W,3] in 0..1 -> uint8 [size,size,3], centre-cropped (a few
+    KiB per concept, so galleries can show what was taught without keeping the training images)."""
+    rgb = image[..., :3].detach().float().cpu().clamp(0, 1).numpy()
+    return torch.from_numpy((fit_square(rgb, size, "crop") * 255).round().astype(np.uint8))
+
+
 def load_image_folder(folder, size: int | None = None, fit: str = "crop") -> torch.Tensor:
     """All images of a folder (sorted by name), each brought to size×size by `fit` (fit_square). Without a size,
     mixed sizes are an error."""

@@ -34,6 +34,7 @@ class ConceptRecord:
     token: torch.Tensor | None = None  # learned trigger embedding (None: token not trained)
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    thumbnail: torch.Tensor | None = None  # uint8 [h, w, 3] of the first training image (files before it: None)
 
     @property
     def n_rows(self) -> int:
@@ -46,8 +47,9 @@ def model_fingerprint(backend: Backend, pretrained: dict | None = None) -> str:
     h = hashlib.sha256()
     for layer in backend.kv_layers():
         w = layer.weight.detach().float().cpu()
-        if pretrained and layer.name in pretrained:
-            rows, vals = pretrained[layer.name]
+        rows, vals = (pretrained or {}).get(layer.name, (None, None))
+        # rows that do not fit this layer (another model's memory) are left out: the hash then differs, as it should
+        if rows is not None and vals.shape[1:] == w.shape[1:] and (not len(rows) or int(rows.max()) < len(w)):
             w = w.clone()
             w[rows] = vals.float()
         h.update(layer.name.encode())
@@ -177,7 +179,8 @@ class ContinualMemory:
             m, train = c.metrics, c.config.get("train", {})
             return {"name": c.name, "trigger": c.trigger, "prompt": c.prompt, "rows": c.n_rows,
                     "params": sum(d.numel() for d in c.delta.values()), "params_pct": m.get("params_pct"),
-                    "token": c.token is not None, "steps": train.get("steps"), "seconds": m.get("seconds"),
+                    "token": c.token is not None,
+                    "thumbnail": c.thumbnail is not None, "steps": train.get("steps"), "seconds": m.get("seconds"),
                     "date": m.get("date"), "final_loss": m.get("final_loss")}
 
         return {"format_version": self.format_version, "fingerprint": self.fingerprint, "generic_prompt": self.generic_prompt,
@@ -209,6 +212,8 @@ class ContinualMemory:
                 t[f"concept/{i}/delta/{n}"] = c.delta[n].float().contiguous()
             if c.token is not None:
                 t[f"concept/{i}/token"] = c.token.float().contiguous()
+            if c.thumbnail is not None:
+                t[f"concept/{i}/thumbnail"] = c.thumbnail.to(torch.uint8).contiguous()
         return t
 
     def save(self, path, overwrite: bool = False) -> Path:
@@ -256,7 +261,7 @@ class ContinualMemory:
                     c["name"], c["trigger"], c["prompt"],
                     rows={n: tensors[f"concept/{i}/rows/{n}"].long() for n in c["layers"]},
                     delta={n: tensors[f"concept/{i}/delta/{n}"] for n in c["layers"]},
-                    token=tensors.get(f"concept/{i}/token"),
+                    token=tensors.get(f"concept/{i}/token"), thumbnail=tensors.get(f"concept/{i}/thumbnail"),
                     config=c.get("config", {}), metrics=c.get("metrics", {}),
                 ))
         except (KeyError, json.JSONDecodeError, TypeError) as e:

@@ -2,6 +2,7 @@
 from comfy_api.latest import ComfyExtension, io
 
 from .apply_node import ApplyConceptMemory
+from .gallery_node import ConceptGallery
 from .info_node import ConceptMemoryInfo
 from .memory_nodes import LoadConceptImages, LoadConceptMemory, SaveConceptMemory
 from .merge_node import MergeIntoCheckpoint
@@ -10,7 +11,7 @@ from .select_node import SelectConceptNeurons
 from .train_node import ContinualTrainStep
 
 NODES = [LoadConceptImages, SelectConceptNeurons, ContinualTrainStep, DCScoreProbe, MergeIntoCheckpoint,
-         LoadConceptMemory, SaveConceptMemory, ApplyConceptMemory, ConceptMemoryInfo]
+         LoadConceptMemory, SaveConceptMemory, ApplyConceptMemory, ConceptMemoryInfo, ConceptGallery]
 
 
 class ContinualConceptsExtension(ComfyExtension):

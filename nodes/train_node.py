@@ -109,7 +109,8 @@ class ContinualTrainStep(io.ComfyNode):
                 mem = ContinualMemory.for_model(b, generic_prompt)
             x0 = b.encode_images(training_views(images, None, cfg.flip)[0])
             cb = progress(steps, lambda s, t, terms: f"step {s}/{t} loss {terms.get('total', 0):.4f}")
-            res, _ = train_into_memory(b, mem, x0, name, trigger, prompt, neurons.rows, cfg, callback=cb)
+            res, _ = train_into_memory(b, mem, x0, name, trigger, prompt, neurons.rows, cfg, callback=cb,
+                                       first_image=images[0])
             logging.info("Continual Train Step: gradient checkpointing %s", res.checkpointing)
             out_clip = patched_clip(clip, b, trigger, res.token)
         with torch.inference_mode(False):

@@ -97,6 +97,9 @@ def test_train_chains_memory(workdir, capsys):
     (["probe", "--images", "a", "--memory", "corrupt.safetensors"], "corrupt"),
     (["sequence", "nothere.yaml", "--out", "run"], "does not exist"),
     (["sequence", "badcaptions.yaml", "--out", "run"], "one caption per image"),
+    (["gallery", "--memory", "nothere.safetensors", "--out", "g.png"], "does not exist"),
+    (["gallery", "--memory", str(Path(__file__).parent / "data" / "memory_v1_tiny.safetensors"), "--size", "30",
+      "--out", "g.png"], "multiple of 8"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(workdir, capsys, argv, needle):
     (workdir / "empty").mkdir()
@@ -171,6 +174,30 @@ def test_memory_saved_by_format_v1_code_still_loads_and_shows(capsys):
     assert main(["memory", "show", str(f)]) == 0
     table = capsys.readouterr().out
     assert "format version 1" in table and "red   sks" in table and "blue  zwx" in table
+
+
+def test_gallery_of_a_format_v1_memory_writes_grid_and_json_once(tmp_path, capsys):
+    """The fixture predates thumbnails: the grid has no thumbnail row; the JSON names every concept; a second run
+    refuses to overwrite and leaves no temp file."""
+    out = tmp_path / "g.png"
+    argv = ["gallery", "--memory", str(DATA / "memory_v1_tiny.safetensors"), "--out", str(out), "--samples", "2",
+            "--steps", "2", "--seed", "5"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert json.loads(out.with_suffix(".json").read_text()) == printed
+    assert printed["seed"] == 5 and printed["candidates"] == ["generic", "red", "blue"]
+    assert [(c["name"], c["trigger"], len(c["picked"])) for c in printed["concepts"]] == [("red", "sks", 2),
+                                                                                           ("blue", "zwx", 2)]
+    assert printed["mean_correct"] == sum(c["correct"] for c in printed["concepts"]) / 2
+    with Image.open(out) as im:
+        assert im.mode == "RGB" and im.width > 300
+    before = sorted(tmp_path.iterdir())
+    assert main(argv) == 2
+    assert "already exists" in capsys.readouterr().err and sorted(tmp_path.iterdir()) == before
+    # a memory of another base model (the toy world's, not the tiny model's): the fingerprint error, nothing written
+    assert main([*argv[:3], "--out", str(tmp_path / "toy.png"), "--model", "toy"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # diffusers may warn while loading the model
+    assert err.startswith("error:") and "another base model" in err and sorted(tmp_path.iterdir()) == before
 
 
 def test_memory_from_a_newer_format_is_one_clear_error(tmp_path, capsys):

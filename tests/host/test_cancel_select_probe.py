@@ -1,5 +1,5 @@
-"""Select and DC Probe show progress and stop after Cancel within one scoring pass / one denoiser batch; nothing
-stays applied and a later run is unaffected (like the Train test)."""
+"""Select, DC Probe and Concept Gallery show progress and stop after Cancel within one scoring pass / one denoiser
+batch; nothing stays applied and a later run is unaffected (like the Train test)."""
 import json
 
 import pytest
@@ -72,3 +72,17 @@ def test_probe_stops_after_the_first_denoiser_batch(trained, cancel_at_first_upd
     comfy.utils.set_progress_bar_global_hook(lambda v, tot, p, node_id=None: cancel_at_first_update.append((v, tot)))
     js = run(DCScoreProbe, **{**kw, "timesteps": 2})[0]
     assert len(json.loads(js)["probs"]) == 2 and cancel_at_first_update[-1] == (12, 12)
+
+
+def test_gallery_stops_after_the_first_denoiser_batch(trained, cancel_at_first_update):
+    import comfy.model_management as mm
+
+    from continual_concepts.core.gallery import gallery_work
+    from continual_concepts.nodes.gallery_node import ConceptGallery
+
+    t = trained
+    with pytest.raises(mm.InterruptProcessingException):
+        run(ConceptGallery, model=t["m2"], clip=t["c2"], vae=t["vae"], memory=t["mem"], seed=0, samples=3, size=64,
+            steps=50, cfg=7.0)
+    assert cancel_at_first_update == [(6, gallery_work(1, 3, 50, 7.0))]  # one guided step of 3 samples
+    nothing_left(t)

@@ -18,6 +18,7 @@ SMALL = {  # keep CPU time small: the graphs are the shipped ones, only sizes an
     "ContinualConcepts_SelectConceptNeurons": {"calibration_prompts": 2, "budget_pct": 0.5},
     "ContinualConcepts_ContinualTrainStep": {"steps": 2},
     "ContinualConcepts_DCScoreProbe": {"timesteps": 2},
+    "ContinualConcepts_ConceptGallery": {"samples": 1, "size": 64, "steps": 2},
     "KSampler": {"steps": 2},
     "EmptyLatentImage": {"width": 64, "height": 64},
 }
@@ -65,6 +66,11 @@ def test_api_workflow_runs(server, name, slim_ckpt, tmp_path):
     probes = [o["text"][0] for k, o in outputs.items() if wf[k]["class_type"] == "ContinualConcepts_DCScoreProbe"]
     assert probes and all(abs(sum(p) - 1) < 1e-4 for js in probes for p in json.loads(js)["probs"])
     merges = [o["text"][0] for k, o in outputs.items() if wf[k]["class_type"] == "ContinualConcepts_MergeIntoCheckpoint"]
+    galleries = [json.loads(o["text"][0]) for k, o in outputs.items()
+                 if wf[k]["class_type"] == "ContinualConcepts_ConceptGallery"]
+    if name == "three_concepts_chained":  # a gallery after each concept: 1, 2, then 3 concepts and the generic column
+        assert sorted(len(g["concepts"]) for g in galleries) == [1, 2, 3]
+        assert all(g["candidates"][0] == "generic" and len(g["candidates"]) == len(g["concepts"]) + 1 for g in galleries)
     if name == "probe_only":
         return
     ck = Path(merges[0])
