@@ -41,9 +41,12 @@ class ConceptRecord:
         return sum(len(r) for r in self.rows.values())
 
 
-def model_fingerprint(backend: Backend, pretrained: dict | None = None) -> str:
+def model_fingerprint(backend: Backend, pretrained: dict | None = None, legacy: bool = False) -> str:
     """sha256 of every K/V weight (as fp16, layer order) with rows touched by a memory put back to their
-    pretrained values, so a base model and the same model with concepts merged hash alike."""
+    pretrained values, so a base model and the same model with concepts merged hash alike. Zeros are hashed
+    unsigned: a host that patches a whole weight adds +0.0 to untouched entries, which turns -0.0 into +0.0 (a
+    full-size SD1.5 with random fp16 weights has 11 of them in its K/V layers). `legacy`: signed zeros, as
+    memories written before 2026-11-29 hashed them."""
     h = hashlib.sha256()
     for layer in backend.kv_layers():
         w = layer.weight.detach().float().cpu()
@@ -53,7 +56,8 @@ def model_fingerprint(backend: Backend, pretrained: dict | None = None) -> str:
             w = w.clone()
             w[rows] = vals.float()
         h.update(layer.name.encode())
-        h.update(w.half().numpy().tobytes())
+        w16 = w.half()
+        h.update((w16 if legacy else w16 + 0).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -90,7 +94,7 @@ class ContinualMemory:
 
     def check_model(self, backend: Backend, force: bool = False) -> None:
         fp = model_fingerprint(backend, self.pretrained)
-        if fp != self.fingerprint and not force:
+        if self.fingerprint != fp and not force and self.fingerprint != model_fingerprint(backend, self.pretrained, True):
             raise MemoryMismatchError(
                 f"memory was made for another base model (fingerprint {self.fingerprint[:12]} != this model's "
                 f"{fp[:12]}); load it with force=True only if you know the models are compatible"

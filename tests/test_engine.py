@@ -6,7 +6,7 @@ from continual_concepts.core.backends.base import UnsupportedModelError
 from continual_concepts.core.backends.diffusers_backend import DiffusersBackend
 from continual_concepts.core.continual import learn_concept, merge_result
 from continual_concepts.core.dc_scores import dc_scores, even_timesteps, shared_noise
-from continual_concepts.core.memory import ConceptRecord, ContinualMemory, MemoryMismatchError
+from continual_concepts.core.memory import ConceptRecord, ContinualMemory, MemoryMismatchError, model_fingerprint
 from continual_concepts.core.neurons import SelectConfig, default_calibration_prompts, select_concept_neurons
 from continual_concepts.core.tiny_model import TinyModelSpec, build_tiny_components
 from continual_concepts.core.train import NonFiniteLossError, TrainConfig, train_concept
@@ -239,3 +239,23 @@ def test_fisher_at_delta_equals_fisher_after_baking():
     f2 = dc_fisher(b2, x0, ctx, target=1, draws=1, at={n: (rows[n], delta[n]) for n in rows})
     assert all(torch.equal(before[k], v) for k, v in snapshot(b2).items())
     assert all(torch.allclose(f1[n], f2[n], rtol=1e-3, atol=1e-10) for n in f1)
+
+
+def test_fingerprint_does_not_see_the_sign_of_zero_and_old_memories_still_match():
+    """A host that patches a whole weight adds +0.0 to untouched entries (-0.0 + 0.0 = +0.0): the model with a
+    concept patched on must still hash like its base; a memory hashed the old way (signed zeros) still loads."""
+    b = backend()
+    w = b.kv_layers()[0].weight
+    with torch.no_grad():
+        w[0, 0] = -0.0
+    mem = ContinualMemory.for_model(b)
+    old = model_fingerprint(b, legacy=True)
+    with torch.no_grad():
+        w.add_(torch.zeros_like(w))  # what a zero 'diff' patch does to the rows it does not change
+    assert not torch.signbit(w[0, 0]) and model_fingerprint(b) == mem.fingerprint != old
+    legacy = ContinualMemory(old)
+    with torch.no_grad():
+        w[0, 0] = -0.0
+    legacy.check_model(b)  # the base model as the old memory saw it
+    with pytest.raises(MemoryMismatchError):
+        ContinualMemory("0" * 64).check_model(b)
