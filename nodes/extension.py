@@ -5,11 +5,12 @@ from .apply_node import ApplyConceptMemory
 from .memory_nodes import LoadConceptImages, LoadConceptMemory, SaveConceptMemory
 from .merge_node import MergeIntoCheckpoint
 from .probe_node import DCScoreProbe
+from .remove_node import RemoveConcept
 from .select_node import SelectConceptNeurons
 from .train_node import ContinualTrainStep
 
 NODES = [LoadConceptImages, SelectConceptNeurons, ContinualTrainStep, DCScoreProbe, MergeIntoCheckpoint,
-         LoadConceptMemory, SaveConceptMemory, ApplyConceptMemory]
+         LoadConceptMemory, SaveConceptMemory, ApplyConceptMemory, RemoveConcept]
 
 
 class ContinualConceptsExtension(ComfyExtension):
