@@ -1,6 +1,6 @@
 """Remove Concept, judged by the oracle: learn three toy concepts with the default method, take one out (by default
-the first, which later concepts share rows with: the inexact case)
-(memory_without_concept: its row change subtracted, its trigger token back to the base model's), and measure every
+the first, whose rows later concepts share: the inexact case) with memory_without_concept (its row change
+subtracted, its trigger token back to the base model's), and measure every
 concept's held-out accuracy before and after, beside the untrained model's accuracy for the removed one.
 
     python -m continual_concepts.bench.toyworld.remove_check [--remove striped-diamond] [--concepts 3]
