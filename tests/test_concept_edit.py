@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from continual_concepts.core.carried import CARRIED, MISSING, concept_states, without
+from continual_concepts.core.carried import CARRIED, MISSING, concept_states, summed_changes, without
 from continual_concepts.core.continual import learn_concept
 from continual_concepts.core.memory import ContinualMemory
 from continual_concepts.core.remove import memory_without_concept
@@ -81,9 +81,9 @@ def test_bad_strength_is_one_clear_error(learned, spec, needle):
 def test_strength_one_is_todays_apply_bit_for_bit(learned):
     mem = learned[1]
     missing = {c.name: MISSING for c in mem.concepts}
-    today = strength_changes(mem, missing, {})
-    ones = strength_changes(mem, missing, parse_strengths("a:1, b:1, c:1", mem))
-    assert today.keys() == ones.keys() and all(torch.equal(today[n][i], ones[n][i]) for n in today for i in (0, 1))
+    today = summed_changes(mem.concepts)  # what Apply added to a base model before strengths existed
+    for ones in (strength_changes(mem, missing, {}), strength_changes(mem, missing, parse_strengths("a:1, b:1, c:1", mem))):
+        assert today.keys() == ones.keys() and all(torch.equal(today[n][i], ones[n][i]) for n in today for i in (0, 1))
     w, tok = build(mem, {})
     b = backend()
     mem.apply_to(b)  # the memory's own way: every concept's change baked, tokens set
