@@ -164,3 +164,23 @@ def test_merge_with_strength_writes_the_concepts_at_that_strength(trained, comfy
     full = t["mem"].concepts[0]
     assert half.config["strength"] == 0.5
     assert all(torch.allclose(half.delta[n], full.delta[n] / 2) for n in full.delta)
+
+
+def test_a_merged_checkpoint_has_lost_the_original_token_one_clear_error(trained, comfy_dirs):
+    """Its CLIP holds the learned token in its own weights: Remove and a strength other than 1 cannot know the
+    original embedding and say so (strength 1 still works: nothing to blend)."""
+    import comfy.sd
+
+    from continual_concepts.nodes.apply_node import ApplyConceptMemory
+    from continual_concepts.nodes.merge_node import MergeIntoCheckpoint
+    from continual_concepts.nodes.remove_node import RemoveConcept
+
+    t = trained
+    path = run(MergeIntoCheckpoint, model=t["m2"], clip=t["c2"], vae=t["vae"], memory=t["mem"], filename_prefix="m")[0]
+    m, c, _, _ = comfy.sd.load_checkpoint_guess_config(path)
+    needle = "trigger 'sks' of concept 'a' holds its learned embedding in the CLIP's own weights"
+    with pytest.raises(ValueError, match="^clip: the " + needle):
+        run(RemoveConcept, model=m, clip=c, memory=t["mem"], name="a")
+    with pytest.raises(ValueError, match="^clip: the " + needle):
+        run(ApplyConceptMemory, model=m, clip=c, memory=t["mem"], strength="a:0.5")
+    assert json.loads(run(ApplyConceptMemory, model=m, clip=c, memory=t["mem"])[2])["already_carried"] == ["a"]
