@@ -122,21 +122,19 @@ def require_carried(memory: ContinualMemory, backend: Backend, input_name: str =
             f"connect the model, clip and memory through '{APPLY_NODE}' first (a base model with a loaded memory)")
 
 
-def summed_changes(records: list[ConceptRecord], sign: float = 1.0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{layer: (rows, sign * summed change)} of several concepts (rows shared between them add up)."""
+def summed_changes(records: list[ConceptRecord], sign: float = 1.0,
+                   scale: dict[str, float] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{layer: (rows, sign * summed change)} of several concepts (rows shared between them add up); `scale` weighs
+    each concept's change by name (absent: 1)."""
     acc: dict[str, dict[int, torch.Tensor]] = {}
     for c in records:
+        s = (scale or {}).get(c.name, 1.0)
         for n, rows in c.rows.items():
             layer = acc.setdefault(n, {})
-            for r, d in zip(rows.tolist(), c.delta[n].float()):
+            for r, d in zip(rows.tolist(), c.delta[n].float() * s):
                 layer[r] = layer[r] + d if r in layer else d.clone()
     return {n: (torch.tensor(sorted(rows), dtype=torch.long), sign * torch.stack([rows[r] for r in sorted(rows)]))
             for n, rows in acc.items() if rows}
-
-
-def missing_changes(memory: ContinualMemory, states: dict[str, str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{layer: (rows, summed change)} that brings a model in `states` to carrying every concept."""
-    return summed_changes([c for c in memory.concepts if states[c.name] == MISSING])
 
 
 def without(memory: ContinualMemory, records: list[ConceptRecord]) -> ContinualMemory:

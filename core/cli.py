@@ -1,4 +1,4 @@
-"""Command line: select, train, probe, merge, sequence, gallery, memory show, queue (`python -m continual_concepts --help`).
+"""Command line: select, train, probe, merge, sequence, gallery, memory show / remove, queue (`python -m continual_concepts --help`).
 
 Bad input gives a one-line message and exit code 2, with nothing written."""
 from __future__ import annotations
@@ -258,6 +258,18 @@ def cmd_memory_show(a):
     print(json.dumps(info) if a.json else memory_table(info))
 
 
+def cmd_memory_remove(a):
+    from .memory import ContinualMemory
+    from .remove import memory_without_concept
+
+    out = Path(a.out)
+    if out.exists():
+        raise FileExistsError(f"--out: {out} already exists: refusing to overwrite")
+    new, _, report = memory_without_concept(ContinualMemory.load(a.file), a.name, "--name")
+    new.save(out)
+    print(json.dumps({**report, "memory": str(out)}))
+
+
 def build_parser():
     from .gallery import DEFAULT_CFG
     from .images import FITS
@@ -324,6 +336,12 @@ def build_parser():
     ms.add_argument("file")
     ms.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     ms.set_defaults(fn=cmd_memory_show)
+    mr = mm.add_parser("remove", help="write a copy of the memory without one concept (see the report for rows it "
+                                      "shared with later concepts)")
+    mr.add_argument("file")
+    mr.add_argument("--name", required=True, help="the concept to take out")
+    mr.add_argument("--out", required=True, help="the new memory file (never overwritten)")
+    mr.set_defaults(fn=cmd_memory_remove)
 
     g = sub.add_parser("gallery", help="every learned concept and the generic prompt sampled in one grid, with a "
                                        "DC self-check")

@@ -25,3 +25,12 @@ def concepts_to_replace(memory: ContinualMemory | None, name: str, trigger: str,
         raise ValueError(f"name/trigger: the memory already has concept {what}: pick a new name and trigger, or set "
                          "replace to learn it again")
     return clash
+
+
+def known_concept(memory: ContinualMemory, name: str, input_name: str = "name") -> ConceptRecord:
+    """The memory's concept called `name`; an unknown name is an error listing the names it has."""
+    for c in memory.concepts:
+        if c.name == name:
+            return c
+    known = ", ".join(f"'{c.name}'" for c in memory.concepts) or "none: the memory is empty"
+    raise ValueError(f"{input_name}: the memory has no concept '{name}' (it has {known})")

@@ -1,4 +1,5 @@
-"""Shared node plumbing: custom types, the training backend, progress/cancel, pictures as IMAGE."""
+"""Shared node plumbing: custom types, the training backend, progress/cancel, pictures as IMAGE, patched clones
+(rows, tokens, concepts at a strength)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -6,12 +7,18 @@ from contextlib import contextmanager
 import torch
 from comfy_api.latest import io
 
-from ..core.backends.comfy_backend import ComfyBackend, model_type_name
+from ..core.backends.comfy_backend import ComfyBackend, model_type_name, text_encoders
+from ..core.carried import ATOL, CARRIED, RTOL
+from ..core.memory import ConceptRecord
 from ..report.pictures import to_comfy_image
+from ..core.strength import HIGH, LOW, SYNTAX, strength_changes, strength_tokens, weighted_memory
 
 CATEGORY = "continual_concepts"
 Neurons = io.Custom("CC_NEURONS")
 Memory = io.Custom("CC_CONCEPT_MEMORY")
+STRENGTH_TOOLTIP = (f"Per-concept strength, {LOW:g} to {HIGH:g}: {SYNTAX}; empty = all 1. 0 = the model without that "
+                    "concept, 1 = as learned: it scales the concept's K/V row change and blends its trigger token "
+                    "between the original and the learned embedding.")
 
 
 def size_warning(model, images: torch.Tensor) -> str | None:
@@ -97,15 +104,49 @@ def patched_model(model, deltas: dict) -> object:
     return out
 
 
+def _token_key(encoder: str) -> str:
+    return f"{encoder}.transformer.text_model.embeddings.token_embedding.weight"
+
+
 def patched_clip(clip, backend: ComfyBackend, trigger: str, token: torch.Tensor | None):
-    """clip.clone() whose trigger-word embedding row (in every text encoder: SDXL has two) holds the learned token."""
+    """clip.clone() whose trigger-word embedding row (in every text encoder: SDXL has two) holds `token`."""
     out = clip.clone()
     if token is None:
         return out
     tid = backend.trigger_token_id(trigger)
     base = backend.split_token(backend.token_row(trigger))
-    patches = {(f"{name}.transformer.text_model.embeddings.token_embedding.weight", (0, tid, 1)):
-               ((part.float() - base[name]).view(1, -1),) for name, part in backend.split_token(token).items()}
+    patches = {(_token_key(name), (0, tid, 1)): ((part.float() - base[name]).view(1, -1),)
+               for name, part in backend.split_token(token).items()}
     if len(out.add_patches(patches)) != len(patches):
         raise RuntimeError("ComfyUI rejected the token-embedding patch")
     return out
+
+
+def original_token(clip, backend: ComfyBackend, record: ConceptRecord, carried: bool) -> torch.Tensor:
+    """The concept's trigger embedding without the concept. A model lacking it has it now; for one carrying it, the
+    CLIP's own table under every patch (learned tokens arrive as patches). A table that holds the learned token (a
+    merged checkpoint) has lost the original: an error rather than a blend that changes nothing."""
+    if not carried:
+        return backend.token_row(record.trigger)
+    tid = backend.trigger_token_id(record.trigger)
+    row = torch.cat([clip.patcher.get_key_patches(_token_key(n))[_token_key(n)][0][0][tid].detach().float().cpu()
+                     for n, _ in text_encoders(clip)])
+    if torch.allclose(row, record.token.float(), rtol=RTOL, atol=ATOL):
+        raise ValueError(f"clip: the trigger '{record.trigger}' of concept '{record.name}' holds its learned embedding "
+                         "in the CLIP's own weights (a merged checkpoint), so its original embedding is unknown: load "
+                         "the base checkpoint and bring the memory in with 'Apply Concept Memory'")
+    return row
+
+
+def at_strengths(model, clip, backend: ComfyBackend, memory, states: dict[str, str], strengths: dict[str, float]):
+    """(MODEL clone, CLIP clone, the memory they carry) with each concept of the memory at its strength, from a
+    model whose concepts are in `states` (carried or missing)."""
+    def original(c):
+        return original_token(clip, backend, c, states[c.name] == CARRIED)
+
+    out_clip = clip.clone()
+    for trigger, row in strength_tokens(memory, states, strengths, original).items():
+        out_clip = patched_clip(out_clip, backend, trigger, row)
+    with torch.inference_mode(False):
+        out_model = patched_model(model, strength_changes(memory, states, strengths))
+    return out_model, out_clip, weighted_memory(memory, strengths, original)

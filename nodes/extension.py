@@ -7,11 +7,12 @@ from .info_node import ConceptMemoryInfo
 from .memory_nodes import LoadConceptImages, LoadConceptMemory, SaveConceptMemory
 from .merge_node import MergeIntoCheckpoint
 from .probe_node import DCScoreProbe
+from .remove_node import RemoveConcept
 from .select_node import SelectConceptNeurons
 from .train_node import ContinualTrainStep
 
 NODES = [LoadConceptImages, SelectConceptNeurons, ContinualTrainStep, DCScoreProbe, MergeIntoCheckpoint,
-         LoadConceptMemory, SaveConceptMemory, ApplyConceptMemory, ConceptMemoryInfo, ConceptGallery]
+         LoadConceptMemory, SaveConceptMemory, ApplyConceptMemory, RemoveConcept, ConceptMemoryInfo, ConceptGallery]
 
 
 class ContinualConceptsExtension(ComfyExtension):

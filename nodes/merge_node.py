@@ -10,9 +10,10 @@ from comfy_api.latest import io
 
 from ..core.atomic_io import atomic_write, next_free, resolve_prefix
 from ..core.backends.comfy_backend import token_parts
-from ..core.carried import require_carried
+from ..core.carried import CARRIED, require_carried
 from ..core.export import row_delta_as_lora, save_embedding
-from .common import CATEGORY, Memory, reading_backend
+from ..core.strength import parse_strengths
+from .common import CATEGORY, STRENGTH_TOOLTIP, Memory, at_strengths, reading_backend
 from .memory_nodes import memory_dir
 
 
@@ -41,7 +42,7 @@ class MergeIntoCheckpoint(io.ComfyNode):
             description="Write output/checkpoints/<prefix>_NNNNN.safetensors (loads with CheckpointLoaderSimple), one "
                         "LoRA per concept to models/loras/ (LoraLoader), one embedding per trigger to models/embeddings/ "
                         "and the memory to output/concept_memory/. Checks first that the model carries every concept "
-                        "of the memory. Atomic; never overwrites.",
+                        "of the memory; a strength per concept may scale them. Atomic; never overwrites.",
             is_output_node=True,
             inputs=[io.Model.Input("model", tooltip="The trained model (carries the concepts as patches)."),
                     io.Clip.Input("clip", tooltip="The trained text encoder (carries the trigger tokens)."),
@@ -49,12 +50,15 @@ class MergeIntoCheckpoint(io.ComfyNode):
                     Memory.Input("memory", tooltip="The continual memory of the learned concepts."),
                     io.String.Input("filename_prefix", default="continual_concepts/merged",
                                     tooltip="Name (may hold subfolders) under each file's folder; a counter is "
-                                            "appended; empty or '.' means 'merged'.")],
+                                            "appended; empty or '.' means 'merged'."),
+                    io.String.Input("strength", default="", optional=True,
+                                    tooltip=STRENGTH_TOOLTIP + " The checkpoint, LoRAs, embeddings and memory written "
+                                            "all hold the concepts at these strengths (concepts at 0 left out).")],
             outputs=[io.String.Output(display_name="checkpoint_path")],
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, memory, filename_prefix) -> io.NodeOutput:
+    def execute(cls, model, clip, vae, memory, filename_prefix, strength="") -> io.NodeOutput:
         import comfy.sd
         import folder_paths
         from safetensors.torch import save_file
@@ -63,9 +67,13 @@ class MergeIntoCheckpoint(io.ComfyNode):
                  "loras": Path(folder_paths.get_folder_paths("loras")[0]),
                  "embeddings": Path(folder_paths.get_folder_paths("embeddings")[0])}
         base = {k: resolve_prefix(r, filename_prefix, "merged") for k, r in roots.items()}
+        strengths = parse_strengths(strength, memory)
         with reading_backend(model, clip) as b:
             require_carried(memory, b)
             dims = {l.name: l.weight.shape[0] for l in b.kv_layers()}
+            if any(s != 1 for s in strengths.values()):
+                states = {c.name: CARRIED for c in memory.concepts}
+                model, clip, memory = at_strengths(model, clip, b, memory, states, strengths)
         loras = [(c, f".{file_part(c.name)}.safetensors") for c in memory.concepts]
         embs = [(c, f".{file_part(c.trigger)}.safetensors") for c in memory.concepts if c.token is not None]
         n = next_free([(base["checkpoints"], ".safetensors"), (base["memory"], ".safetensors")]

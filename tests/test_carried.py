@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from continual_concepts.core.carried import CARRIED, MISSING, concept_states, missing_changes
+from continual_concepts.core.carried import CARRIED, MISSING, concept_states
 from continual_concepts.core.memory import ConceptRecord, ContinualMemory, MemoryMismatchError
+from continual_concepts.core.strength import strength_changes
 
 L = "layer.to_k"
 
@@ -64,14 +65,14 @@ def test_token_without_rows_or_rows_without_token_is_an_error():
         concept_states(mem, {L: w}, {**tokens, "zwx": mem.concepts[1].token})
 
 
-def test_missing_changes_bring_a_partial_model_to_every_concept():
+def test_changes_without_strengths_bring_a_partial_model_to_every_concept():
     mem, base, bt = memory()
     w, tokens = with_concepts(mem, base, bt, ("B",))
     states = concept_states(mem, {L: w}, tokens)
-    for n, (rows, d) in missing_changes(mem, states).items():
+    for n, (rows, d) in strength_changes(mem, states, {}).items():
         w.index_add_(0, rows, d)
     full, _ = with_concepts(mem, base, bt, ("A", "B", "C"))
     assert torch.allclose(w, full, atol=1e-7)
-    assert 2 not in missing_changes(mem, states)[L][0].tolist() or states["A"] == MISSING
+    assert 2 not in strength_changes(mem, states, {})[L][0].tolist() or states["A"] == MISSING
     tokens.update({c.trigger: c.token for c in mem.concepts if c.token is not None})
     assert set(concept_states(mem, {L: w}, tokens).values()) == {CARRIED}

@@ -209,3 +209,29 @@ def test_memory_from_a_newer_format_is_one_clear_error(tmp_path, capsys):
     save_file(tensors, str(tmp_path / "new.safetensors"), metadata={**meta, "version": "99"})
     assert main(["memory", "show", str(tmp_path / "new.safetensors")]) == 2
     assert "format version '99'" in capsys.readouterr().err
+
+
+def test_memory_remove_round_trip_and_refusals(tmp_path, capsys):
+    """`memory remove` writes a copy without the concept (the other one exactly as it was) and prints the report;
+    an unknown name lists the known ones, an existing --out is refused, and neither writes anything."""
+    import torch
+
+    from continual_concepts.core.memory import ContinualMemory
+
+    src, out = DATA / "memory_v1_tiny.safetensors", tmp_path / "red_only.safetensors"
+    assert main(["memory", "remove", str(src), "--name", "blue", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["removed"] == "blue" and report["kept"] == ["red"] and report["exact"] and report["memory"] == str(out)
+    old, new = ContinualMemory.load(src), ContinualMemory.load(out)
+    assert [c.name for c in new.concepts] == ["red"] and new.fingerprint == old.fingerprint
+    red, red0 = new.concepts[0], old.concepts[0]
+    assert torch.equal(red.token, red0.token) and red.config == red0.config
+    assert all(torch.equal(red.rows[n], red0.rows[n]) and torch.equal(red.delta[n], red0.delta[n]) for n in red0.rows)
+    written = out.read_bytes()
+    for argv, needle in ((["--name", "red", "--out", str(out)], "already exists"),
+                         (["--name", "green", "--out", str(tmp_path / "x.safetensors")],
+                          "--name: the memory has no concept 'green' (it has 'red', 'blue')")):
+        assert main(["memory", "remove", str(src), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["red_only.safetensors"] and out.read_bytes() == written

@@ -46,8 +46,9 @@ def test_resume_through_apply_equals_chaining_and_base_plus_memory_is_refused(tr
             refused()
     assert not (comfy_dirs / "output" / "checkpoints").exists(), "a refused merge wrote something"
 
-    m_r, c_r, report = run(ApplyConceptMemory, model=base, clip=clip, memory=mem_a)
-    assert json.loads(report) == {"applied": ["a"], "already_carried": []}
+    m_r, c_r, report, mem_r = run(ApplyConceptMemory, model=base, clip=clip, memory=mem_a)
+    assert json.loads(report) == {"applied": ["a"], "already_carried": [], "strengths": {}}
+    assert [c.name for c in mem_r.concepts] == ["a"] and torch.equal(mem_r.concepts[0].token, mem_a.concepts[0].token)
     assert json.loads(run(ApplyConceptMemory, model=m_r, clip=c_r, memory=mem_a)[2])["applied"] == []
     assert not base.patches and not clip.patcher.patches, "Apply changed its inputs"
 
