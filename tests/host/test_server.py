@@ -106,6 +106,22 @@ def test_api_workflow_runs(server, name, slim_ckpt, tmp_path):
     assert type(m.model.model_config).__name__ == "SD15" and c is not None and v is not None
 
 
+def test_concept_library_workflow_shows_then_removes_a_concept(server, tmp_path):
+    """concept_library: two concepts learned, gallery + info, Remove Concept, gallery + info again, memory saved."""
+    from continual_concepts.core.memory import ContinualMemory
+
+    url, _, _ = server
+    wf = small(json.loads((PACK / "workflows" / "concept_library.api.json").read_text()))
+    out = queue(url, wf, tmp_path, "concept_library")
+    before, after = (json.loads(out[k]["text"][0]) for k in ("42", "52"))
+    assert [c["name"] for c in before["concepts"]] == ["red-ring", "blue-box"]
+    assert [c["name"] for c in after["concepts"]] == ["blue-box"]
+    report = json.loads(out["51"]["text"][0])
+    assert report["removed"] == "red-ring" and report["rows"] > 0
+    assert "red-ring" in out["41"]["text"][0] and "red-ring" not in out["54"]["text"][0] and "blue-box" in out["54"]["text"][0]
+    assert [c.name for c in ContinualMemory.load(out["55"]["text"][0]).concepts] == ["blue-box"]
+
+
 def test_training_branch_leaves_plain_branch_unchanged(server, tmp_path):
     """One graph feeds the base model to training and to a plain sampler: the plain image equals a plain-only run."""
     url, base, _ = server
@@ -247,7 +263,7 @@ def load_in_frontend(frontend, wf, name):
     }})()""")
 
 
-@pytest.mark.parametrize("name", ["probe_only", "one_concept", "three_concepts_chained"])
+@pytest.mark.parametrize("name", ["probe_only", "one_concept", "three_concepts_chained", "concept_library"])
 def test_ui_workflow_opens_in_frontend_with_no_missing_nodes(frontend, name):
     """Drag-and-drop equivalent: the frontend's own loadGraphData on the shipped UI file; every node gets its real
     type (a missing type would be a placeholder with has_errors), every link survives, every widget keeps its value."""
