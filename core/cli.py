@@ -221,24 +221,27 @@ def cmd_sequence(a):
 def cmd_gallery(a):
     from ..report.gallery import gallery_picture
     from .atomic_io import atomic_write
-    from .gallery import check_gallery, concept_gallery
+    from .gallery import check_gallery, concept_gallery, with_self_check
     from .memory import ContinualMemory
     from ..report.pictures import save_png
 
     out = Path(a.out)
     out_json = out.with_suffix(".json")
-    for p in (out, out_json):
-        if p.exists():
-            raise FileExistsError(f"--out: {p} already exists: refusing to overwrite")
+    for flag, p in (("--out", out), ("--out", out_json), ("--out-memory", a.out_memory and Path(a.out_memory))):
+        if p and p.exists():
+            raise FileExistsError(f"{flag}: {p} already exists: refusing to overwrite")
     mem = ContinualMemory.load(a.memory)
     check_gallery(mem, a.samples, a.size, a.steps)
     b = load_backend(a.model)
     mem.apply_to(b, a.force)
     g = concept_gallery(b, mem, seed=a.seed, samples=a.samples, size=a.size, steps=a.steps, cfg=a.cfg)
-    js = json.dumps(g.self_check())
+    check = g.self_check()
+    js = json.dumps(check)
     picture = gallery_picture(g)
     atomic_write(out_json, lambda tmp: Path(tmp).write_text(js))
     save_png(out, picture)
+    if a.out_memory:
+        with_self_check(mem, check).save(a.out_memory)
     print(js)
 
 
@@ -354,6 +357,8 @@ def build_parser():
     g.add_argument("--size", type=int, default=None, help="sample size in px (default: the model's own)")
     g.add_argument("--steps", type=int, default=20)
     g.add_argument("--cfg", type=float, default=DEFAULT_CFG, help="classifier-free guidance scale")
+    g.add_argument("--out-memory", default=None, help="also write the memory with the self-check recorded "
+                                                      "(`memory show` lists it)")
     g.set_defaults(fn=cmd_gallery)
 
     w = sub.add_parser("queue", help="queue an API-format workflow on a running ComfyUI")

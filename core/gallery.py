@@ -4,6 +4,7 @@ self-check (which candidate the DC probe picks on each concept's own generations
 Maths only: the picture is report.gallery's, file writing the caller's."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,17 @@ class Gallery:
                     for n, t, p, picks, ok in zip(self.names, self.triggers, self.prompts, self.picked, self.correct)]
         mean = sum(c["correct"] for c in concepts) / len(concepts) if concepts else None
         return {**self.settings, "candidates": [GENERIC] + self.names[:-1], "concepts": concepts, "mean_correct": mean}
+
+
+def with_self_check(memory: ContinualMemory, check: dict) -> ContinualMemory:
+    """A copy of the memory with each concept's DC self-check (Gallery.self_check) recorded in its metrics, where
+    `memory show` and Concept Memory Info list it."""
+    out = copy.deepcopy(memory)
+    correct = {c["name"]: c["correct"] for c in check["concepts"]}
+    for c in out.concepts:
+        if c.name in correct:
+            c.metrics = {**c.metrics, "dc_self_check": correct[c.name]}
+    return out
 
 
 def _shape(backend: Backend, size: int | None):

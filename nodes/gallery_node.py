@@ -8,7 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..core.carried import require_carried
-from ..core.gallery import DEFAULT_CFG, check_gallery, concept_gallery, gallery_work
+from ..core.gallery import DEFAULT_CFG, check_gallery, concept_gallery, gallery_work, with_self_check
 from ..report.gallery import gallery_picture
 from .common import CATEGORY, Memory, image, progress, training_backend
 
@@ -37,7 +37,10 @@ class ConceptGallery(io.ComfyNode):
                 io.Float.Input("cfg", default=DEFAULT_CFG, min=1.0, max=30.0, step=0.5, optional=True,
                                tooltip="Classifier-free guidance scale (1: none)."),
             ],
-            outputs=[io.Image.Output(display_name="gallery"), io.String.Output(display_name="self_check_json")],
+            outputs=[io.Image.Output(display_name="gallery"), io.String.Output(display_name="self_check_json"),
+                     Memory.Output(display_name="memory",
+                                   tooltip="The memory with each concept's DC self-check recorded (Concept Memory "
+                                           "Info and `memory show` list it).")],
         )
 
     @classmethod
@@ -48,5 +51,6 @@ class ConceptGallery(io.ComfyNode):
             require_carried(memory, b)
             g = concept_gallery(b, memory, seed=seed, samples=samples, size=size, steps=steps, cfg=cfg,
                                 progress=progress(total, lambda n, t: f"{n}/{t} denoiser evaluations"))
-        js = json.dumps(g.self_check())
-        return io.NodeOutput(image(gallery_picture(g)), js, ui={"text": [js]})
+        check = g.self_check()
+        js = json.dumps(check)
+        return io.NodeOutput(image(gallery_picture(g)), js, with_self_check(memory, check), ui={"text": [js]})

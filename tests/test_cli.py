@@ -189,6 +189,18 @@ def test_gallery_of_a_format_v1_memory_writes_grid_and_json_once(tmp_path, capsy
     assert [(c["name"], c["trigger"], len(c["picked"])) for c in printed["concepts"]] == [("red", "sks", 2),
                                                                                            ("blue", "zwx", 2)]
     assert printed["mean_correct"] == sum(c["correct"] for c in printed["concepts"]) / 2
+    # --out-memory: the self-check recorded per concept, where `memory show` lists it
+    checked = tmp_path / "checked.safetensors"
+    assert main([*argv[:4], str(tmp_path / "g2.png"), *argv[5:], "--out-memory", str(checked)]) == 0
+    capsys.readouterr()
+    assert main(["memory", "show", str(checked), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [c["dc_self_check"] for c in shown["concepts"]] == [c["correct"] for c in printed["concepts"]]
+    assert main(["memory", "show", str(checked)]) == 0
+    table = capsys.readouterr().out
+    assert "DC self-check" in table and f"{printed['concepts'][0]['correct']:.0%}" in table.splitlines()[-2]
+    for p in (checked, tmp_path / "g2.png", tmp_path / "g2.json"):
+        p.unlink()
     with Image.open(out) as im:
         assert im.mode == "RGB" and im.width > 300
     before = sorted(tmp_path.iterdir())

@@ -39,7 +39,7 @@ def test_gallery_grid_json_and_progress(trained, progress_seen):
     t = trained
     before = dict(t["m2"].patches)
     out = run_node_ui(ConceptGallery, model=t["m2"], clip=t["c2"], vae=t["vae"], memory=t["mem"], **SMALL)
-    grid, js = out.args
+    grid, js, checked = out.args
     assert grid.ndim == 4 and grid.shape[0] == 1 and grid.shape[-1] == 3 and 0 <= grid.min() and grid.max() <= 1
     check = json.loads(js)
     assert out.ui["text"] == [js]
@@ -47,6 +47,7 @@ def test_gallery_grid_json_and_progress(trained, progress_seen):
     c = check["concepts"][0]
     assert (c["name"], c["trigger"], len(c["picked"])) == ("a", "sks", 2)
     assert set(c["picked"]) <= {"generic", "a"} and c["correct"] == c["picked"].count("a") / 2
+    assert checked.concepts[0].metrics["dc_self_check"] == c["correct"] and "dc_self_check" not in t["mem"].concepts[0].metrics
     total = gallery_work(1, 2, 2, 2.0)
     assert progress_seen and progress_seen[-1] == (total, total)
     assert dict(t["m2"].patches) == before and not t["model"].patches and not t["clip"].patcher.patches

@@ -119,6 +119,7 @@ def test_concept_library_workflow_shows_then_removes_a_concept(server, tmp_path)
     report = json.loads(out["51"]["text"][0])
     assert report["removed"] == "red-ring" and report["rows"] > 0
     assert "red-ring" in out["41"]["text"][0] and "red-ring" not in out["54"]["text"][0] and "blue-box" in out["54"]["text"][0]
+    assert "DC self-check" in out["54"]["text"][0] and out["54"]["text"][0].splitlines()[-1].rstrip().endswith("%")
     assert [c.name for c in ContinualMemory.load(out["55"]["text"][0]).concepts] == ["blue-box"]
 
 
