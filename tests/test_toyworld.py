@@ -31,12 +31,19 @@ def test_heldout_captions_never_in_pretraining_and_triggers_unused():
 
 
 def test_pattern_scenes_captioned_in_vocabulary_and_deterministic():
+    from continual_concepts.bench.toyworld.model import MAX_LEN
+
     _, caps = pretrain_batch(400, random.Random(1), scenes=0.4)
-    assert 0.1 < caps.count("") / len(caps) < 0.3  # multi-object scenes are uncaptioned
-    patterned = [c for c in caps if " and " in c]
-    assert 0.1 < len(patterned) / len(caps) < 0.3
-    assert all(w in VOCAB for c in caps for w in c.split()) and all(len(c.split()) <= 10 for c in caps)
+    assert "" not in caps
+    patterned = [c for c in caps if any(w in c.split() for w in ("striped", "checkered", "split"))]
+    several = [c for c in caps if c.count(" and a ") in (1, 2)]  # "a red circle and a blue cross on a ..."
+    assert 0.1 < len(patterned) / len(caps) < 0.3 and 0.1 < len(several) / len(caps) < 0.3
+    assert not set(patterned) & set(several)
+    assert all(w in VOCAB for c in caps for w in c.split()) and all(len(c.split()) + 2 <= MAX_LEN for c in caps)
     assert not any("striped diamond" in c or "checkered square" in c or "split circle" in c for c in caps)
+    for c in several:  # never two of one colour (no twin dots)
+        colours = [w for w in c.split() if w in ("red", "green", "blue", "yellow", "purple", "orange")]
+        assert len(colours) == len(set(colours)), c
     (a, ca), (b, cb) = render_scene("teal", random.Random(5)), render_scene("teal", random.Random(5))
     assert a.shape == (32, 32, 3) and np.array_equal(a, b) and ca == cb
 
@@ -72,3 +79,15 @@ def test_shipped_vae_keeps_every_concept():
         imgs = torch.tensor(concept_images(c, 6), dtype=torch.float32) / 255
         pred = classify(oracle, b.decode(b.encode_images(imgs)))["shape"]
         assert pred.count(c.name) >= 5, (c.name, pred)
+
+
+def test_benchmark_settings_parse_onto_select_and_train():
+    """`--set` / `--variants` of the toy bench tools: fields of SelectConfig and TrainConfig, typed like them."""
+    from continual_concepts.bench.toyworld.benchmark import SELECT, TRAIN, parse_variant
+
+    label, sel, tr = parse_variant("more rows=budget_pct:1, token_lr:0.01, flip:true, steps:50")
+    assert label == "more rows" and sel.budget_pct == 1.0 and sel.rho_base == SELECT.rho_base
+    assert tr.token_lr == 0.01 and tr.flip is True and tr.steps == 50 and tr.lr == TRAIN.lr
+    assert parse_variant("default") == ("default", SELECT, TRAIN)
+    with pytest.raises(SystemExit, match="'lrr' is not a SelectConfig or TrainConfig field"):
+        parse_variant("x=lrr:1")

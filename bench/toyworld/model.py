@@ -7,8 +7,8 @@ import torch
 from ...core.word_tokenizer import build_word_tokenizer
 from .world import VOCAB
 
-MAX_LEN = 12
-TEXT_DIM = 64
+MAX_LEN = 17  # the longest caption: three objects (15 words) + BOS/EOS
+TEXT_DIM = 128
 
 
 def build_components(seed: int = 0) -> dict:

@@ -5,6 +5,7 @@ Deterministic (seeded) and resumable: a checkpoint with optimizer state every --
 
     python -m continual_concepts.bench.toyworld.pretrain --stage vae --steps 500
     python -m continual_concepts.bench.toyworld.pretrain --stage unet --steps 5000
+    python -m continual_concepts.bench.toyworld.pretrain --stage unet --steps 3000 --vae-from bench/toyworld/model
     python -m continual_concepts.bench.toyworld.pretrain --stage export
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from .world import pretrain_batch
 
 MODEL_DIR = Path(__file__).with_name("model")
 # Share of pattern scenes (world.render_scene): the VAE must reconstruct every pattern the concepts use, and the
-# UNet must be able to draw them (patterns from words, several objects unprompted).
+# UNet must be able to draw them (patterns and several objects from words).
 VAE_SCENES, UNET_SCENES = 0.5, 0.4
 
 
@@ -70,6 +71,15 @@ def train_vae(work: Path, steps: int, save_every: int, log):
             log(f"vae step {step + 1}/{steps} loss {loss.item():.5f} ({time.time() - t0:.0f} s)")
         if (step + 1) % save_every == 0 or step + 1 == steps:
             _save(work, "vae", comps, ["vae"], opt, step + 1)
+
+
+def import_vae(work: Path, src: Path, log):
+    """Start the UNet stage from an exported model's VAE (retraining the UNet and text encoder only)."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(src / "vae", torch_dtype=torch.float32)
+    torch.save({"models": {"vae": vae.state_dict()}}, work / "vae.pt")
+    log(f"VAE taken from {src}")
 
 
 def encode_dataset(work: Path, n: int, log):
@@ -152,6 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--work", default="out/toy_pretrain")
     ap.add_argument("--dest", default=str(MODEL_DIR), help="export: the diffusers folder to write")
+    ap.add_argument("--vae-from", default=None, help="unet: take the VAE of this exported model folder")
     a = ap.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -162,6 +173,8 @@ def main(argv=None) -> int:
     if a.stage == "vae":
         train_vae(work, a.steps, a.save_every, log)
     elif a.stage == "unet":
+        if a.vae_from and not (work / "vae.pt").exists():
+            import_vae(work, Path(a.vae_from), log)
         train_unet(work, a.steps, a.save_every, log)
     else:
         export(work, log, Path(a.dest))

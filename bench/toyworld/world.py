@@ -162,15 +162,16 @@ def render(kind: str, colour: str | None, bg: str, rng: random.Random) -> np.nda
 
 # Pattern scenes teach the model (and its VAE) the visual vocabulary the concepts are made of, never in a concept's
 # configuration: two-colour patterns, captioned ("a red and white striped circle on a gray background") but stripes
-# never on a diamond, checkers never on a square, halves never on a circle; and several objects, uncaptioned (as
-# real images show more than their captions name), never nested and never two of one colour (so no twin dots).
+# never on a diamond, checkers never on a square, halves never on a circle; and two or three objects, captioned in
+# reading order ("a red circle and a blue cross on a gray background": words place and compose several objects, as
+# in real captions), never nested and never two of one colour (so no twin dots, no dot in a ring).
 PATTERN_SHAPES = {"stripes": ["circle", "square", "triangle"], "checkers": ["circle", "triangle", "diamond"],
                   "halves": ["square", "triangle", "diamond"]}
 PALETTE = {**COLOURS, "white": WHITE}
 
 
 def render_scene(bg: str, rng: random.Random) -> tuple[np.ndarray, str]:
-    """One captioned two-colour patterned shape, or two or three small one-colour shapes (caption "")."""
+    """One two-colour patterned shape, or two or three small one-colour shapes (named in reading order)."""
     img = Image.new("RGB", (SIZE, SIZE), BACKGROUNDS[bg])
     if rng.random() < 0.5:
         pattern = rng.choice(list(PATTERN_SHAPES))
@@ -179,12 +180,15 @@ def render_scene(bg: str, rng: random.Random) -> tuple[np.ndarray, str]:
         _patterned(img, shape, _box(rng), c1, c2, pattern, n=rng.choice([3, 4]))
         return np.asarray(img), f"a {n1} and {n2} {PATTERN_WORDS[pattern]} {shape} on a {bg} background"
     d = ImageDraw.Draw(img)
-    cells = rng.sample([(0, 0), (1, 0), (0, 1), (1, 1)], rng.choice([2, 3]))
-    for (i, j), colour in zip(cells, rng.sample(list(COLOURS.values()), len(cells))):
+    cells = sorted(rng.sample([(0, 0), (1, 0), (0, 1), (1, 1)], rng.choice([2, 3])), key=lambda ij: (ij[1], ij[0]))
+    names = []
+    for (i, j), colour in zip(cells, rng.sample(COLOUR_NAMES, len(cells))):
         s = rng.uniform(0.3, 0.45) * SIZE
         x, y = i * SIZE / 2 + rng.uniform(0, SIZE / 2 - s), j * SIZE / 2 + rng.uniform(0, SIZE / 2 - s)
-        _shape(d, rng.choice(SHAPES), (x, y, x + s, y + s), colour, BACKGROUNDS[bg])
-    return np.asarray(img), ""
+        shape = rng.choice(SHAPES)
+        _shape(d, shape, (x, y, x + s, y + s), COLOURS[colour], BACKGROUNDS[bg])
+        names.append(f"a {colour} {shape}")
+    return np.asarray(img), f"{' and '.join(names)} on a {bg} background"
 
 
 def pretrain_batch(n: int, rng: random.Random, scenes: float = 0.0):
