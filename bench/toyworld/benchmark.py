@@ -11,7 +11,8 @@ import json
 import platform
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
+from functools import partial
 from datetime import date
 from pathlib import Path
 
@@ -33,14 +34,40 @@ SELECT = SelectConfig(budget_pct=0.5, rho_base=0.3, n_calibration=20, n_draws=2,
 TRAIN = TrainConfig(steps=300, batch_size=8, lam_ewc=1.0, flip=False)
 
 
-def make_backend():
-    return DiffusersBackend(**load_components())
+SELECT_FIELDS = {f.name: f.type for f in fields(SELECT)}
+TRAIN_FIELDS = {f.name: f.type for f in fields(TRAIN)}
 
 
-def ceilings(world, train: TrainConfig, log=print) -> list[dict]:
+def _value(default, text: str):
+    if isinstance(default, bool):
+        return text.strip().lower() in ("1", "true", "yes", "on")
+    return type(default)(text.strip())
+
+
+def parse_variant(text: str):
+    """'label=field:value,...' (or a bare label with no changes) -> (label, SelectConfig, TrainConfig)."""
+    label, _, changes = text.partition("=")
+    sel, tr = {}, {}
+    for item in filter(None, (c.strip() for c in changes.split(","))):
+        key, _, val = item.partition(":")
+        key = key.strip()
+        if key in SELECT_FIELDS:
+            sel[key] = _value(getattr(SELECT, key), val)
+        elif key in TRAIN_FIELDS:
+            tr[key] = _value(getattr(TRAIN, key), val)
+        else:
+            raise SystemExit(f"'{key}' is not a SelectConfig or TrainConfig field")
+    return label.strip(), replace(SELECT, **sel), replace(TRAIN, **tr)
+
+
+def make_backend(folder=None):
+    return DiffusersBackend(**load_components(folder=folder))
+
+
+def ceilings(world, train: TrainConfig, log=print, backend=make_backend) -> list[dict]:
     out = []
     for s in world.concepts:
-        c = ceiling(make_backend, world, s, train)
+        c = ceiling(backend, world, s, train)
         log(f"  ceiling {s.name}: held-out {c['heldout']:.2f}, training contexts {c['train_context']:.2f}")
         out.append({"concept": s.name, **c})
     return out
@@ -55,19 +82,23 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=TRAIN.steps)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--set", default="", help="settings other than SELECT/TRAIN's, e.g. 'token_lr:0.01,budget_pct:1'")
+    ap.add_argument("--model", default=None, help="a toy model folder other than the shipped one (e.g. a retrain)")
     ap.add_argument("--record", action="store_true")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]  # none: ceilings only
     out = Path(a.out or f"out/bench-toy-{time.strftime('%Y%m%d-%H%M%S')}")
     world = ToyWorld(n_concepts=5 if a.quick else a.concepts)
-    train = replace(TRAIN, steps=a.steps)
+    _, select, train = parse_variant("=" + a.set)
+    train = replace(train, steps=a.steps)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
-    ceil = [] if a.quick or a.no_ceiling else ceilings(world, train, log)
+    backend = partial(make_backend, a.model)
+    ceil = [] if a.quick or a.no_ceiling else ceilings(world, train, log, backend)
     results = []
     for m in methods:
         log(f"method {m}")
-        results.append(run_method(m, make_backend, world, SELECT, train, log=log, full_matrix=not a.quick,
+        results.append(run_method(m, backend, world, select, train, log=log, full_matrix=not a.quick,
                                   ceilings=[c["heldout"] for c in ceil]))
     rep = write_outputs(results, world, out)
     if ceil:
