@@ -8,8 +8,8 @@ import torch
 from continual_concepts.bench.toyworld import MODEL_DIR, load_components
 from continual_concepts.bench.toyworld.oracle import accuracy, classify, load_oracle
 from continual_concepts.bench.toyworld.world import (
-    CLASSES, CONCEPTS, TRIGGERS, VOCAB, all_combos, caption, concept_images, heldout_combos, pretrain_batch, render,
-    render_scene, train_combos,
+    CLASSES, COLOUR_NAMES, CONCEPTS, TRIGGERS, VOCAB, all_combos, caption, concept_images, heldout_combos,
+    pretrain_batch, render, render_scene, train_combos,
 )
 
 
@@ -42,7 +42,7 @@ def test_pattern_scenes_captioned_in_vocabulary_and_deterministic():
     assert all(w in VOCAB for c in caps for w in c.split()) and all(len(c.split()) + 2 <= MAX_LEN for c in caps)
     assert not any("striped diamond" in c or "checkered square" in c or "split circle" in c for c in caps)
     for c in several:  # never two of one colour (no twin dots)
-        colours = [w for w in c.split() if w in ("red", "green", "blue", "yellow", "purple", "orange")]
+        colours = [w for w in c.split() if w in COLOUR_NAMES]
         assert len(colours) == len(set(colours)), c
     (a, ca), (b, cb) = render_scene("teal", random.Random(5)), render_scene("teal", random.Random(5))
     assert a.shape == (32, 32, 3) and np.array_equal(a, b) and ca == cb
@@ -91,3 +91,5 @@ def test_benchmark_settings_parse_onto_select_and_train():
     assert parse_variant("default") == ("default", SELECT, TRAIN)
     with pytest.raises(SystemExit, match="'lrr' is not a SelectConfig or TrainConfig field"):
         parse_variant("x=lrr:1")
+    with pytest.raises(SystemExit, match="'lr': 'fast' is not a float"):
+        parse_variant("x=lr:fast")

@@ -11,7 +11,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import replace
 from functools import partial
 from datetime import date
 from pathlib import Path
@@ -34,14 +34,13 @@ SELECT = SelectConfig(budget_pct=0.5, rho_base=0.3, n_calibration=20, n_draws=2,
 TRAIN = TrainConfig(steps=300, batch_size=8, lam_ewc=1.0, flip=False)
 
 
-SELECT_FIELDS = {f.name: f.type for f in fields(SELECT)}
-TRAIN_FIELDS = {f.name: f.type for f in fields(TRAIN)}
-
-
-def _value(default, text: str):
+def _value(key: str, default, text: str):
     if isinstance(default, bool):
         return text.strip().lower() in ("1", "true", "yes", "on")
-    return type(default)(text.strip())
+    try:
+        return type(default)(text.strip())
+    except ValueError:
+        raise SystemExit(f"'{key}': '{text.strip()}' is not a {type(default).__name__}") from None
 
 
 def parse_variant(text: str):
@@ -49,15 +48,23 @@ def parse_variant(text: str):
     label, _, changes = text.partition("=")
     sel, tr = {}, {}
     for item in filter(None, (c.strip() for c in changes.split(","))):
-        key, _, val = item.partition(":")
-        key = key.strip()
-        if key in SELECT_FIELDS:
-            sel[key] = _value(getattr(SELECT, key), val)
-        elif key in TRAIN_FIELDS:
-            tr[key] = _value(getattr(TRAIN, key), val)
+        key, _, val = (x.strip() for x in item.partition(":"))
+        if hasattr(SELECT, key):
+            sel[key] = _value(key, getattr(SELECT, key), val)
+        elif hasattr(TRAIN, key):
+            tr[key] = _value(key, getattr(TRAIN, key), val)
         else:
             raise SystemExit(f"'{key}' is not a SelectConfig or TrainConfig field")
     return label.strip(), replace(SELECT, **sel), replace(TRAIN, **tr)
+
+
+def pick_concepts(world, names: str) -> list:
+    """The world's concept specs named in a comma-separated list, or one clear error."""
+    by_name = {s.name: s for s in world.concepts}
+    picked = [n.strip() for n in names.split(",") if n.strip()]
+    if unknown := [n for n in picked if n not in by_name]:
+        raise SystemExit(f"--concepts: {unknown} not among {list(by_name)}")
+    return [by_name[n] for n in picked]
 
 
 def make_backend(folder=None):
@@ -79,7 +86,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="5 concepts, no ceiling, diagonal + final accuracy only")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the ceilings (e.g. measured by another run)")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--steps", type=int, default=TRAIN.steps)
+    ap.add_argument("--steps", type=int, default=None, help=f"steps per concept (default {TRAIN.steps})")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--set", default="", help="settings other than SELECT/TRAIN's, e.g. 'token_lr:0.01,budget_pct:1'")
@@ -91,7 +98,7 @@ def main(argv=None) -> int:
     out = Path(a.out or f"out/bench-toy-{time.strftime('%Y%m%d-%H%M%S')}")
     world = ToyWorld(n_concepts=5 if a.quick else a.concepts)
     _, select, train = parse_variant("=" + a.set)
-    train = replace(train, steps=a.steps)
+    train = replace(train, steps=a.steps or train.steps)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     backend = partial(make_backend, a.model)
     ceil = [] if a.quick or a.no_ceiling else ceilings(world, train, log, backend)

@@ -17,7 +17,7 @@ import torch
 
 from ...core.memory import ContinualMemory
 from ..methods import DEFAULT_METHOD, learn
-from .benchmark import make_backend, parse_variant
+from .benchmark import make_backend, parse_variant, pick_concepts
 from .evaluate import ToyWorld
 
 
@@ -52,14 +52,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     world = ToyWorld()
-    by_name = {s.name: s for s in world.concepts}
-    if unknown := [n for n in a.concepts.split(",") if n not in by_name]:
-        raise SystemExit(f"--concepts: {unknown} not among {list(by_name)}")
+    specs = pick_concepts(world, a.concepts)
     rows = []
     for label, select, train in (parse_variant(v) for v in a.variants.split(";") if v.strip()):
-        for n in a.concepts.split(","):
-            rows.append({"variant": label, "concept": n,
-                         **carriers(make_backend(a.model), world, by_name[n], select, train)})
+        for spec in specs:
+            rows.append({"variant": label, "concept": spec.name,
+                         **carriers(make_backend(a.model), world, spec, select, train)})
             print(json.dumps(rows[-1]), file=sys.stderr)
     print(json.dumps({"rows": rows}))
     return 0

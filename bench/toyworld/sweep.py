@@ -19,8 +19,9 @@ import torch
 
 from ..continual_bench import run_method
 from ..methods import DEFAULT_METHOD
-from .benchmark import make_backend, parse_variant
+from .benchmark import make_backend, parse_variant, pick_concepts
 from .evaluate import ToyWorld
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,18 +38,16 @@ def main(argv=None) -> int:
     out = Path(a.out or f"out/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     world = ToyWorld()
-    by_name = {s.name: s for s in world.concepts}
-    names = [n.strip() for n in a.concepts.split(",")]
-    if unknown := [n for n in names if n not in by_name]:
-        raise SystemExit(f"--concepts: {unknown} not among {list(by_name)}")
+    specs = pick_concepts(world, a.concepts)
+    names = [s.name for s in specs]
     variants = [parse_variant(v) for v in a.variants.split(";") if v.strip()]
     rows = []
     for label, sel, tr in variants:
-        for n in names:
-            world.concepts = [by_name[n]]
+        for spec in specs:
+            world.concepts = [spec]
             r = run_method(a.method, partial(make_backend, a.model), world, sel, tr,
                            log=lambda s: print(s, file=sys.stderr))
-            rows.append({"variant": label, "concept": n, "heldout": r["avg_acc"],
+            rows.append({"variant": label, "concept": spec.name, "heldout": r["avg_acc"],
                          "train_context": r["avg_train_context_acc"], "base_after": r["base_acc_after"],
                          "params_pct": r["params_pct"], "seconds": r["seconds_per_concept"],
                          "samples": r["samples_per_concept"]})
