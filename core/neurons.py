@@ -17,7 +17,8 @@ import torch
 
 from .backends.base import Backend
 from .denoise import denoise_error, draw_t_eps
-from .row_delta import RowDeltas, all_rows, kv_in_dim
+from .row_delta import kv_in_dim
+from .weight_grads import kv_weight_grads
 
 
 @dataclass
@@ -51,27 +52,30 @@ class NeuronSelection:
 
 def taylor_scores(backend: Backend, x0: torch.Tensor, prompt: str | list[str], cfg: SelectConfig,
                   gen: torch.Generator, tokens: dict | None = None) -> dict[str, torch.Tensor]:
-    """E over draws of |<W_r, grad_r>|; grad_r is read off an all-rows zero delta (same value as dL/dW).
-    prompt: one for every image or one caption per image."""
-    dense = RowDeltas(all_rows(backend), kv_in_dim(backend), backend.device)
-    weights = {l.name: l.weight.detach().float() for l in backend.kv_layers()}
+    """E over draws of |<W_r, grad_r>|, grad_r = dL/dW_r over all images of a draw (<W_r, .> is linear, so the
+    per-chunk dot products add up). prompt: one for every image or one caption per image."""
+    weights = {l.name: l.weight.detach() for l in backend.kv_layers()}
     prompts = [prompt] * len(x0) if isinstance(prompt, str) else list(prompt)
     uniq = sorted(set(prompts))
     which = torch.tensor([uniq.index(p) for p in prompts])
-    acc = torch.zeros(len(dense), device=backend.device)
-    with dense.applied(backend):
-        ctx = backend.encode_text(uniq, tokens).detach()
+    acc = {n: torch.zeros(w.shape[0], device=backend.device) for n, w in weights.items()}
+    dot = {n: torch.zeros_like(a) for n, a in acc.items()}
+
+    def add_dot(n, g):
+        dot[n] += (weights[n].float() * g).sum(1)
+
+    ctx = backend.encode_text(uniq, tokens).detach()
+    with kv_weight_grads(backend, add_dot):
         for _ in range(cfg.n_draws):
-            dense.delta.grad = None
+            for d in dot.values():
+                d.zero_()
             for chunk, w in zip(x0.split(cfg.batch_size), which.split(cfg.batch_size)):
                 t, eps = draw_t_eps(backend, chunk, gen)
                 loss = denoise_error(backend, chunk, t, eps, ctx[w.to(ctx.device)]).sum() / len(x0)
                 loss.backward()
-            g = dense.delta.grad
-            acc += torch.cat([(weights[n] * g[dense.offsets[n] : dense.offsets[n] + len(dense.rows[n])]).sum(1)
-                              for n in dense.names]).abs()
-    acc /= cfg.n_draws
-    return {n: acc[dense.offsets[n] : dense.offsets[n] + len(dense.rows[n])].cpu() for n in dense.names}
+            for n in acc:
+                acc[n] += dot[n].abs()
+    return {n: (a / cfg.n_draws).cpu() for n, a in acc.items()}
 
 
 @torch.no_grad()

@@ -74,6 +74,18 @@ class RowDeltas(Switchable, nn.Module):
         return {n: (self.rows[n].cpu(), self.layer_delta(n).detach().float().cpu()) for n in self.names}
 
 
+@contextmanager
+def applied_deltas(backend: Backend, deltas: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    """Fixed row changes (layer -> (rows, delta in weight units)) on the backend for the block; nothing trains."""
+    for n, (rows, d) in deltas.items():
+        backend.set_row_delta(n, rows, lambda d=d.to(backend.device): d)
+    try:
+        yield
+    finally:
+        for n in deltas:
+            backend.clear_row_delta(n)
+
+
 def layer_rms(backend: Backend) -> dict[str, float]:
     """RMS of every K/V weight as it is now: the unit of relative learning rates and penalties."""
     return {l.name: float(l.weight.detach().float().pow(2).mean().sqrt().clamp_min(1e-12)) for l in backend.kv_layers()}

@@ -24,7 +24,7 @@ from .backends.base import Backend
 from .checkpointing import check_checkpointing, decide
 from .dc_scores import DEFAULT_TEMPERATURE, dc_logits
 from .denoise import denoise_error, draw_t_eps
-from .memory import ContinualMemory
+from .memory import ContinualMemory, element_mean
 from .precision import check_precision, compute_dtype, grad_scaler
 from .row_delta import RowDeltas, kv_in_dim, layer_rms
 
@@ -100,7 +100,7 @@ def row_anchors(backend, deltas: RowDeltas, memory: ContinualMemory | None) -> R
     in_prev, offset, fisher = [], [], []
     f_mean = None
     if memory and memory.fisher:
-        f_mean = torch.cat([f.float().flatten() for f in memory.fisher.values()]).mean().clamp_min(1e-30)
+        f_mean = element_mean(memory.fisher.values()).clamp_min(1e-30)
     for n in deltas.names:
         rows = deltas.rows[n].cpu()
         in_prev.append(torch.isin(rows, prev.get(n, torch.empty(0, dtype=torch.long))))

@@ -26,6 +26,22 @@ def row_delta_hook(rows: torch.Tensor, get_delta: Callable[[], torch.Tensor | No
     return hook
 
 
+def weight_grad_hook(fn: Callable[[torch.Tensor], None]):
+    """Forward hook after which the backward pass calls fn(dL/dW) for the layer's whole weight, [out, in] in
+    fp32, computed from the output's gradient and the input as g^T x. Nothing is trained: the output becomes
+    a leaf that asks for a gradient, so only one layer's gradient exists at a time (an all-rows zero delta
+    would keep the size of every K/V weight twice, 2.5 GiB on SDXL)."""
+
+    def hook(module, inputs, out):
+        x = inputs[0].detach()
+        if not out.requires_grad:
+            out = out.detach().requires_grad_(True)
+        out.register_hook(lambda g: fn(g.reshape(-1, g.shape[-1]).float().T @ x.reshape(-1, x.shape[-1]).float()))
+        return out
+
+    return hook
+
+
 class UnsupportedModelError(ValueError):
     """The model has no cross-attention K/V projections (or is of a family we cannot train)."""
 
@@ -70,6 +86,18 @@ class Backend(ABC):
 
     def clear_row_delta(self, layer: str) -> None:
         self.set_weight_fn(layer, None)
+
+    def set_weight_grad_tap(self, layer: str, fn: Callable[[torch.Tensor], None] | None) -> None:
+        """Call fn(dL/dW) for `layer` in every backward pass (None removes it); see weight_grad_hook."""
+        taps = self.__dict__.setdefault("_taps", {})
+        if layer in taps:
+            taps.pop(layer).remove()
+        if fn is not None:
+            taps[layer] = self.layer_module(layer).register_forward_hook(weight_grad_hook(fn))
+
+    def layer_module(self, layer: str) -> torch.nn.Module:
+        """The torch module of a K/V layer (hosts that run plain modules; needed for gradient taps)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tap weight gradients")
 
     @abstractmethod
     def bake_rows(self, layer: str, rows: torch.Tensor, delta: torch.Tensor) -> None:

@@ -85,18 +85,18 @@ class DiffusersBackend(Backend):
             )
         return layers
 
-    def _module(self, layer: str) -> nn.Linear:
+    def layer_module(self, layer: str) -> nn.Linear:
         return self.unet.get_submodule(layer)
 
     def kv_layers(self):
         return [KVLayer(l.name, l.kind, self._weight(l.name)) for l in self._layers]
 
     def _weight(self, layer):
-        mod = self._module(layer)
+        mod = self.layer_module(layer)
         return mod.parametrizations.weight.original if parametrize.is_parametrized(mod, "weight") else mod.weight
 
     def set_weight_fn(self, layer, fn):
-        mod = self._module(layer)
+        mod = self.layer_module(layer)
         if parametrize.is_parametrized(mod, "weight"):
             parametrize.remove_parametrizations(mod, "weight", leave_parametrized=False)
         if fn is not None:
@@ -105,7 +105,7 @@ class DiffusersBackend(Backend):
     def set_row_delta(self, layer, rows, get_delta):
         """Output-space row delta: out[..., rows] += x @ delta^T; only the selected rows get gradients."""
         self.clear_row_delta(layer)
-        self._row_hooks[layer] = self._module(layer).register_forward_hook(row_delta_hook(rows, get_delta))
+        self._row_hooks[layer] = self.layer_module(layer).register_forward_hook(row_delta_hook(rows, get_delta))
 
     def clear_row_delta(self, layer):
         h = self._row_hooks.pop(layer, None)
