@@ -29,6 +29,21 @@ def lora_tensors(record, out_dims: dict[str, int]) -> dict[str, torch.Tensor]:
     return t
 
 
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "as loaded": None}
+
+
+def save_checkpoint(path, model, clip, vae, float_dtype, metadata) -> None:
+    """comfy.sd.save_checkpoint's steps (patches baked, ComfyUI's own key layout), written tensor by tensor in
+    `float_dtype`: casting the whole state dict first would hold a second model (SDXL on a CPU: +6.5 GiB)."""
+    import comfy.model_management as mm
+
+    from ..core.stream_safetensors import write_safetensors
+
+    clip_sd, vae_sd = clip.get_sd(), vae.get_sd()
+    mm.load_models_gpu([model, clip.load_model()], force_patch_weights=True)
+    write_safetensors(path, model.model.state_dict_for_saving(clip_sd, vae_sd, None), metadata, float_dtype)
+
+
 def file_part(text: str) -> str:
     """A concept name or trigger as part of a file name (no separators, no dots that hide the extension)."""
     return re.sub(r"[^\w-]+", "_", text).strip("_") or "concept"
@@ -53,13 +68,19 @@ class MergeIntoCheckpoint(io.ComfyNode):
                                             "appended; empty or '.' means 'merged'."),
                     io.String.Input("strength", default="", optional=True,
                                     tooltip=STRENGTH_TOOLTIP + " The checkpoint, LoRAs, embeddings and memory written "
-                                            "all hold the concepts at these strengths (concepts at 0 left out).")],
+                                            "all hold the concepts at these strengths (concepts at 0 left out)."),
+                    io.Combo.Input("save_dtype", options=list(SAVE_DTYPES), default="fp16", optional=True,
+                                   tooltip="The checkpoint's floating-point weights: fp16 (default) is how SD1.5 and "
+                                           "SDXL checkpoints are shared and what ComfyUI holds and saves on a GPU "
+                                           "(the learned rows keep the precision the model computes with there); "
+                                           "'as loaded' writes what ComfyUI holds now, as Save Checkpoint does (fp32 "
+                                           "on a CPU: twice the size, and an SDXL file then needs ~26 GiB RAM to "
+                                           "load on a CPU).")],
             outputs=[io.String.Output(display_name="checkpoint_path")],
         )
 
     @classmethod
-    def execute(cls, model, clip, vae, memory, filename_prefix, strength="") -> io.NodeOutput:
-        import comfy.sd
+    def execute(cls, model, clip, vae, memory, filename_prefix, strength="", save_dtype="fp16") -> io.NodeOutput:
         import folder_paths
         from safetensors.torch import save_file
 
@@ -84,7 +105,9 @@ class MergeIntoCheckpoint(io.ComfyNode):
 
         ckpt = name("checkpoints", ".safetensors")
         meta = {"continual_concepts": ", ".join(f"{c.name}={c.trigger}" for c in memory.concepts)}
-        atomic_write(ckpt, lambda tmp: comfy.sd.save_checkpoint(tmp, model, clip, vae, metadata=meta))
+        if save_dtype not in SAVE_DTYPES:
+            raise ValueError(f"save_dtype: '{save_dtype}' is not one of {', '.join(SAVE_DTYPES)}")
+        atomic_write(ckpt, lambda tmp: save_checkpoint(tmp, model, clip, vae, SAVE_DTYPES[save_dtype], meta))
         written = [ckpt, memory.save(name("memory", ".safetensors"))]
         for c, suffix in loras:
             t = lora_tensors(c, dims)

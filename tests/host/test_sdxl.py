@@ -77,9 +77,11 @@ def test_merge_sdxl_checkpoint_lora_and_two_part_embedding(sdxl, comfy_dirs, lor
     written = res.ui["text"]  # checkpoint, memory, then each LoRA (models/loras) and embedding (models/embeddings)
     sd = load_file(path)
     rows = sdxl["neurons"].rows
-    for k, v in sdxl["before"].items():  # UNet: only the selected K/V rows changed
-        changed = (sd["model." + k].float() != v.float()).any(1).nonzero().flatten().tolist()
+    assert {t.dtype for t in sd.values() if t.is_floating_point()} == {torch.float16}  # save_dtype's default
+    for k, v in sdxl["before"].items():  # UNet: only the selected K/V rows changed (at the file's precision)
+        changed = (sd["model." + k] != v.half()).any(1).nonzero().flatten().tolist()
         assert set(changed) <= set(rows[k[: -len(".weight")]].tolist()), k
+    assert any((sd["model." + k] != v.half()).any() for k, v in sdxl["before"].items())
     tid = sdxl["clip"].tokenize("sks")["l"][0][1][0]
     token = sdxl["mem"].concepts[0].token
     assert torch.allclose(sd[L_KEY][tid].float(), token[:768], atol=1e-2)  # the trigger works from the checkpoint
@@ -94,3 +96,14 @@ def test_merge_sdxl_checkpoint_lora_and_two_part_embedding(sdxl, comfy_dirs, lor
     for k, v in applied.items():
         assert torch.allclose(v, sd["model." + k].float(), atol=2e-3), k
     assert any(not torch.equal(applied[k], v.float()) for k, v in sdxl["before"].items())
+
+    # 'as loaded': what ComfyUI holds (fp32 here, on a CPU), as its Save Checkpoint writes it
+    with torch.inference_mode():
+        held = MergeIntoCheckpoint.execute(model=sdxl["m2"], clip=sdxl["c2"], vae=sdxl["vae"], memory=sdxl["mem"],
+                                           filename_prefix="cc/held", save_dtype="as loaded").args[0]
+    sd32 = load_file(held)
+    for k, v in sdxl["before"].items():
+        assert sd32["model." + k].dtype == v.dtype
+        changed = (sd32["model." + k] != v).any(1).nonzero().flatten().tolist()
+        assert set(changed) <= set(rows[k[: -len(".weight")]].tolist()), k
+    assert torch.equal(sd32["model." + k].half(), sd["model." + k])
