@@ -139,7 +139,8 @@ def comfy_server(base: Path):
     """ComfyUI's own main.py, headless on CPU on 127.0.0.1 with only this pack (symlinked into base/custom_nodes),
     base as its base directory; yields (url, process) once it answers, prints the executed/error lines at exit."""
     (base / "custom_nodes").mkdir(exist_ok=True)
-    (base / "custom_nodes" / "continual_concepts").symlink_to(PACK)
+    if not (base / "custom_nodes" / "continual_concepts").exists():  # a second server on the same base
+        (base / "custom_nodes" / "continual_concepts").symlink_to(PACK)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
