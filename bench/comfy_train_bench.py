@@ -1,15 +1,17 @@
 """ComfyUI side of bench/gpu_sd15.py: our nodes vs ComfyUI's TrainLoraNode (rank 8) on the same model.
 
-    <comfy python> -m continual_concepts.bench.comfy_train_bench [--small] [--cpu] [--steps N]
+    <comfy python> -m continual_concepts.bench.comfy_train_bench [--arch sd15|sdxl] [--small] [--cpu] [--steps N]
 
-Builds an SD1.5 checkpoint with random weights (bench/comfy_sd15_checkpoint.py: full UNet; --small: the slim one)
-in a temp dir; loads it with comfy.sd.load_checkpoint_guess_config (detected as SD15); then times
+Builds a checkpoint with random weights in a temp dir (SD1.5: bench/comfy_sd15_checkpoint.py, --small the slim one;
+SDXL: bench/comfy_sdxl_checkpoint.py, 2.6 B UNet parameters, --small the slim in-memory SDXL of
+comfy_slim_models.py); loads it with comfy.sd.load_checkpoint_guess_config (detected as SD15 / SDXL); then times
   - Select Concept Neurons (default budget, 4 calibration prompts),
   - Continual Train Step (EWC-DC + DSC at dc_every 5): it/s from two runs, (T(N) - T(n0)) / (N - n0), so the
     per-call setup (VAE encode, cloning) is not counted as step time; as users run it (trigger token trained:
     a CLIP forward and backward every step) and K/V rows only (like TrainLoraNode, which trains the UNet only),
   - TrainLoraNode rank 8, batch 1, AdamW, no gradient checkpointing, bf16 on CUDA (fp32 on CPU), same way.
-512 px images (64x64 latents), batch 1; --small uses 64 px. Last stdout line: one JSON object."""
+Native size, batch 1: SD1.5 512 px (64x64 latents), SDXL 1024 px (128x128); --small uses 64 px. Last stdout line:
+one JSON object."""
 from __future__ import annotations
 
 import argparse
@@ -22,10 +24,31 @@ from pathlib import Path
 from continual_concepts.bench.comfy_host import use_comfyui
 from continual_concepts.bench.comfy_sd15_checkpoint import build_checkpoint
 
+NATIVE_PX = {"sd15": 512, "sdxl": 1024}
 
-def run(small: bool, steps: int, n0: int) -> dict:
-    import comfy.model_management as mm
+
+def load(arch: str, small: bool):
+    """(MODEL, CLIP, VAE) with random weights, as CheckpointLoaderSimple returns them."""
     import comfy.sd
+
+    if arch == "sdxl" and small:  # ComfyUI detects SDXL checkpoints only at full size
+        from continual_concepts.bench.comfy_slim_models import build_slim_sdxl
+        from continual_concepts.bench.comfy_sd15_checkpoint import random_vae_state_dict
+
+        return (*build_slim_sdxl(), comfy.sd.VAE(sd=random_vae_state_dict()))
+    with tempfile.TemporaryDirectory() as d:
+        path = str(Path(d) / f"{arch}_random.safetensors")
+        if arch == "sdxl":
+            from continual_concepts.bench.comfy_sdxl_checkpoint import build_sdxl_checkpoint
+
+            build_sdxl_checkpoint(path)
+        else:
+            build_checkpoint(path, full=not small)
+        return comfy.sd.load_checkpoint_guess_config(path)[:3]
+
+
+def run(arch: str, small: bool, steps: int, n0: int) -> dict:
+    import comfy.model_management as mm
     import torch
     from comfy_extras.nodes_train import TrainLoraNode
 
@@ -43,12 +66,10 @@ def run(small: bool, steps: int, n0: int) -> dict:
     def peak():
         return torch.cuda.max_memory_allocated() / 2**30 if cuda else None
 
-    with tempfile.TemporaryDirectory() as d:
-        ckpt = build_checkpoint(str(Path(d) / "sd15_random.safetensors"), full=not small)
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(ckpt)
-    px = 64 if small else 512
+    model, clip, vae = load(arch, small)
+    px = 64 if small else NATIVE_PX[arch]
     images = torch.rand(4, px, px, 3, generator=torch.Generator().manual_seed(0))
-    out = {"device": torch.cuda.get_device_name() if cuda else "cpu", "size": "slim-sd15-64px" if small else "sd15-512px",
+    out = {"device": torch.cuda.get_device_name() if cuda else "cpu", "size": f"{'slim-' * small}{arch}-{px}px",
            "model_type": type(model.model.model_config).__name__,
            "unet_params": sum(p.numel() for p in model.model.diffusion_model.parameters())}
 
@@ -98,13 +119,14 @@ def run(small: bool, steps: int, n0: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", choices=tuple(NATIVE_PX), default="sd15")
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--n0", type=int, default=2)
     a = ap.parse_args(argv)
     use_comfyui(cpu=a.cpu)
-    print(json.dumps(run(a.small, a.steps, a.n0)))
+    print(json.dumps(run(a.arch, a.small, a.steps, a.n0)))
     return 0
 
 

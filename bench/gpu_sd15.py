@@ -2,11 +2,14 @@
 
     python -m continual_concepts.bench.gpu_sd15            # CUDA, 512 px, batch 1, bf16
     python -m continual_concepts.bench.gpu_sd15 --device cpu --small   # the same code at toy size (tests)
+    python -m continual_concepts.bench.gpu_sd15 --arch sdxl --record   # SDXL at 1024 px, in ComfyUI only
 
 Measures: train it/s of our step (CNS-sized selection, EWC-DC + DSC at the default schedule), peak memory,
 DC probe seconds per image (5 candidates × 16 timesteps), selection time, selection + 500 steps (estimated
 from the measured step rate); and, when a ComfyUI checkout is present, the same in ComfyUI through our nodes next
-to ComfyUI's TrainLoraNode rank 8 (bench/comfy_train_bench.py). Appends a dated line to bench/RESULTS.md with --record."""
+to ComfyUI's TrainLoraNode rank 8 (bench/comfy_train_bench.py). SDXL (--arch sdxl) runs the ComfyUI side only: our
+diffusers backend has no SDXL added conditioning, ComfyUI's SDXL class has. Appends a dated line to
+bench/RESULTS.md with --record."""
 from __future__ import annotations
 
 import argparse
@@ -100,13 +103,13 @@ def run(small: bool, device: str, steps: int) -> dict:
     }
 
 
-def comfyui_side(small: bool, cpu: bool, steps: int) -> dict:
+def comfyui_side(small: bool, cpu: bool, steps: int, arch: str = "sd15") -> dict:
     """Our Select + Train nodes vs ComfyUI's TrainLoraNode (rank 8) on one SD1.5 model, in ComfyUI's own python
     (bench/comfy_train_bench.py); skipped with the reason when no ComfyUI checkout with a .venv is present."""
     if why := comfy_host.missing():
         return {"skipped": why}
     try:
-        return comfy_host.run_json("continual_concepts.bench.comfy_train_bench", "--steps", str(steps),
+        return comfy_host.run_json("continual_concepts.bench.comfy_train_bench", "--arch", arch, "--steps", str(steps),
                                    *["--small"] * small, *["--cpu"] * cpu)
     except RuntimeError as e:
         return {"skipped": f"comfy_train_bench failed: {e}"}
@@ -114,6 +117,7 @@ def comfyui_side(small: bool, cpu: bool, steps: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--arch", choices=("sd15", "sdxl"), default="sd15")
     ap.add_argument("--small", action="store_true")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--no-comfyui", action="store_true", help="skip the TrainLoraNode comparison in ComfyUI")
@@ -122,9 +126,16 @@ def main(argv=None) -> int:
     if a.device == "cuda" and not torch.cuda.is_available():
         print("error: no CUDA device; use --device cpu --small to check the script", file=sys.stderr)
         return 2
-    r = run(a.small, a.device, a.steps)
+    if a.arch == "sdxl":
+        if a.no_comfyui:
+            print("error: --arch sdxl runs in ComfyUI only; drop --no-comfyui", file=sys.stderr)
+            return 2
+        r = {"device": torch.cuda.get_device_name() if a.device == "cuda" else "cpu", "date": date.today().isoformat(),
+             "arch": "sdxl"}
+    else:
+        r = run(a.small, a.device, a.steps)
     if not a.no_comfyui:
-        r["comfyui"] = comfyui_side(a.small, a.device == "cpu", a.steps)
+        r["comfyui"] = comfyui_side(a.small, a.device == "cpu", a.steps, a.arch)
     if a.record:
         with open(Path(__file__).with_name("RESULTS.md"), "a") as f:
             f.write(f"\n- GPU bench {r['date']} on {r['device']}: {json.dumps(r)}\n")

@@ -15,6 +15,8 @@ def test_speed_bench_quick_reports_all_ratios(capsys):
 
 
 def test_gpu_script_runs_small_on_cpu(capsys):
+    assert gpu_sd15.main(["--device", "cpu", "--arch", "sdxl", "--no-comfyui"]) == 2  # SDXL is measured in ComfyUI
+    assert "ComfyUI only" in capsys.readouterr().err
     assert gpu_sd15.main(["--device", "cpu", "--small", "--steps", "3", "--no-comfyui"]) == 0
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for k in ("train_it_s", "probe_s_per_image", "select_s", "select_plus_500_steps_s", "selected_rows"):
