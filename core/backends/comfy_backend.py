@@ -5,7 +5,7 @@ as ModelPatcher / CLIP patches (see nodes/). Construct and use it inside torch.i
 `prepare_for_training` has replaced ComfyUI's inference-mode tensors by ordinary copies (same values)."""
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 
@@ -34,20 +34,32 @@ def token_parts(clip) -> list[tuple[str, int]]:
 
 
 @contextmanager
-def differentiable_clip(text_model):
+def differentiable_clip(text_model, recompute: bool = False):
     """ComfyUI's CLIPLayer adds residuals in place (x += attn(ln1(x))) after its layer norm saved x, so
     autograd refuses to differentiate it. Cloning each layer norm's input (pre-hooks, removed on exit)
-    leaves the values unchanged and lets a trigger token's gradient through."""
+    leaves the values unchanged and lets a trigger token's gradient through.
+
+    recompute: also run each CLIPLayer under activation checkpointing (its input cloned, as the layer writes into
+    it). ComfyUI computes CLIP in fp32 from fp16 weights, and autograd kept every weight's fp32 cast for the
+    backward pass, per caption encoded (SDXL: 3.1 GiB); now one layer's at a time, for one more CLIP forward. The
+    hooks must then outlive the backward pass (the recomputation runs them): hold the block open until then."""
+    from torch.utils.checkpoint import checkpoint
     from comfy.clip_model import CLIPLayer
 
+    layers = [m for m in text_model.modules() if isinstance(m, CLIPLayer)]
     hooks = [ln.register_forward_pre_hook(lambda _m, args: (args[0].clone(), *args[1:]))
-             for layer in text_model.modules() if isinstance(layer, CLIPLayer)
-             for ln in (layer.layer_norm1, layer.layer_norm2)]
+             for layer in layers for ln in (layer.layer_norm1, layer.layer_norm2)]
+    wrapped = [layer for layer in layers if recompute and "forward" not in vars(layer)]
+    for layer in wrapped:
+        layer.forward = lambda x, *a, _f=layer.forward, **k: checkpoint(lambda y, *b, **c: _f(y.clone(), *b, **c), x, *a,
+                                                                      use_reentrant=False, **k)
     try:
         yield
     finally:
         for h in hooks:
             h.remove()
+        for layer in wrapped:
+            del layer.forward
 
 
 def override_tokens(tokens: dict, over: dict[str, dict[int, torch.Tensor]]) -> dict:
@@ -93,6 +105,7 @@ class ComfyBackend(Backend):
         self._pooled_width: int | None = None
         self._size_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._frozen: list[torch.nn.Parameter] = []
+        self._training_clip: ExitStack | None = None  # differentiable_clip(recompute), prepare_for_training..close
 
     # ------------------------------------------------------------------ weights
     def prepare_for_training(self) -> int:
@@ -113,6 +126,9 @@ class ComfyBackend(Backend):
                 if p.requires_grad:
                     self._frozen.append(p)
                     p.requires_grad_(False)
+        if self.clip is not None and self._training_clip is None:
+            self._training_clip = ExitStack()
+            self._training_clip.enter_context(differentiable_clip(self.clip.cond_stage_model, recompute=True))
         return n
 
     def set_compute_dtype(self, dtype):
@@ -174,6 +190,9 @@ class ComfyBackend(Backend):
         for p in self._frozen:
             p.requires_grad_(True)
         self._frozen.clear()
+        if self._training_clip is not None:
+            self._training_clip.close()
+            self._training_clip = None
 
     def bake_rows(self, layer, rows, delta):
         raise NotImplementedError("ComfyUI models are shared between nodes: return patches, never bake")
@@ -233,7 +252,8 @@ class ComfyBackend(Backend):
         outs = []
         for p in prompts:
             toks = override_tokens(self.clip.tokenize(p), over)
-            with differentiable_clip(self.clip.cond_stage_model) if grad else nullcontext():
+            per_call = grad and self._training_clip is None
+            with differentiable_clip(self.clip.cond_stage_model) if per_call else nullcontext():
                 cond, pooled = self.clip.encode_from_tokens(toks, return_pooled=True)
             outs.append(self._pack(cond.to(self.device), pooled))
         if len({o.shape[1] for o in outs}) > 1:

@@ -148,8 +148,36 @@ def test_token_gradient_through_comfy_clip_matches_finite_difference(loaded):
         with torch.no_grad():
             f = lambda v: (b.encode_text(["a photo of sks"], {"sks": v}) * w).sum().double()  # noqa: E731
             fd = (f(tok + h * d) - f(tok - h * d)) / (2 * h)
+        b.close()
     assert tok.grad.abs().sum() > 0
     assert abs(float(tok.grad @ d) - float(fd)) <= 2e-2 * abs(float(fd)) + 1e-4, (float(tok.grad @ d), float(fd))
+
+
+def test_training_recomputes_clip_layers_same_token_gradient_less_kept(loaded):
+    """A training backend runs each CLIP layer under checkpointing (ComfyUI keeps an fp32 cast of every CLIP weight
+    for the backward pass otherwise): the token's gradient is the same, autograd keeps less, close() undoes it."""
+    from comfy.clip_model import CLIPLayer
+
+    from continual_concepts.core.backends.comfy_backend import ComfyBackend
+    from continual_concepts.core.checkpointing import saved_bytes
+
+    model, clip, vae = loaded
+    w = torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(1))
+    grads, kept = [], []
+    with torch.inference_mode(False), torch.enable_grad():
+        for prepare in (False, True):
+            b = ComfyBackend(model.clone(), clip.clone(), vae)
+            if prepare:
+                b.prepare_for_training()
+            tok = b.token_row("sks").requires_grad_(True)
+            loss = lambda: (b.encode_text(["a photo of sks"], {"sks": tok}) * w).sum()  # noqa: E731
+            kept.append(saved_bytes(loss))
+            loss().backward()
+            grads.append(tok.grad)
+            b.close()
+    assert torch.allclose(grads[1], grads[0], rtol=1e-5, atol=1e-7 * float(grads[0].abs().max()))
+    assert kept[1] < 0.5 * kept[0], kept
+    assert not any("forward" in vars(m) for m in clip.cond_stage_model.modules() if isinstance(m, CLIPLayer))
 
 
 def test_probe_json_and_predicted(trained):

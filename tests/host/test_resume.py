@@ -22,7 +22,9 @@ def train_b(t, model, clip, memory):
 def merge(t, model, clip, memory, prefix):
     from continual_concepts.nodes.merge_node import MergeIntoCheckpoint
 
-    return run(MergeIntoCheckpoint, model=model, clip=clip, vae=t["vae"], memory=memory, filename_prefix=prefix)[0]
+    # fp32 as held on this CPU: an fp16 file would turn 1e-7 of summation order into a whole fp16 step
+    return run(MergeIntoCheckpoint, model=model, clip=clip, vae=t["vae"], memory=memory, filename_prefix=prefix,
+               save_dtype="as loaded")[0]
 
 
 def test_resume_through_apply_equals_chaining_and_base_plus_memory_is_refused(trained, comfy_dirs):
