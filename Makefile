@@ -30,7 +30,7 @@ test-host:
 	COMFYUI_PATH=$(COMFYUI_PATH) $(COMFY_PY) -m pytest -q tests/host
 
 # not in CI: full-size SD1.5 and SDXL checkpoints (random weights, built in a temp folder) through the server
-# (peak RSS on a CPU, measured: SD1.5 6.6 GiB, SDXL 21.2 GiB; each skipped below 10 / 22 GiB of RAM)
+# (peak RSS on a CPU, measured: SD1.5 6.6 GiB, SDXL 18.8 GiB; each skipped below 10 / 20 GiB of RAM)
 test-host-full:
 	@if [ ! -x "$(COMFY_PY)" ]; then echo "test-host-full: no ComfyUI python at $(COMFY_PY) (set COMFYUI_PATH)"; exit 1; fi
 	$(COMFY_PY) -m pip install -q --no-deps -e .

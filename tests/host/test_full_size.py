@@ -1,7 +1,7 @@
 """Full-size SD1.5 and SDXL checkpoint files (random weights, built in a temp folder, never committed) through the
 headless server, as a user runs them: CheckpointLoaderSimple → Load Concept Images → Select → Train → DC probe →
 sample → Merge into Checkpoint; then the merged file is loaded again by CheckpointLoaderSimple and sampled.
-Not in CI (SDXL's learn graph peaks at ~21 GiB RAM on a CPU): `make test-host-full`. Prints times and each server's
+Not in CI (SDXL's learn graph peaks at ~19 GiB RAM on a CPU): `make test-host-full`. Prints times and each server's
 peak RSS."""
 import json
 import os
@@ -27,8 +27,8 @@ SHRINK = {
     "KSampler": {"steps": 2},
     "EmptyLatentImage": {"width": SIZE, "height": SIZE},
 }
-# measured on the CPU (fp32 weights, as ComfyUI holds them there; bench/RESULTS.md): peak RSS SD1.5 6.6 GiB, SDXL 21.2 GiB
-NEEDS_GIB = {"sd15": 10, "sdxl": 22}
+# measured on the CPU (fp32 weights, as ComfyUI holds them there; bench/RESULTS.md): peak RSS SD1.5 6.6 GiB, SDXL 18.8 GiB
+NEEDS_GIB = {"sd15": 10, "sdxl": 20}
 KV = ("attn2.to_k.weight", "attn2.to_v.weight")
 UNET = "model.diffusion_model."
 
