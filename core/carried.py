@@ -6,7 +6,6 @@ Rows shared by several concepts hold the sum of the carried concepts' changes; a
 only it touched, and concepts without such rows by the one combination that explains every touched row."""
 from __future__ import annotations
 
-import copy
 import itertools
 
 import torch
@@ -139,7 +138,7 @@ def summed_changes(records: list[ConceptRecord], sign: float = 1.0,
 
 def without(memory: ContinualMemory, records: list[ConceptRecord]) -> ContinualMemory:
     """A copy of the memory without these concepts (their pretrained rows and Fisher stay: still true)."""
-    out = copy.deepcopy(memory)
+    out = memory.copy()
     names = {c.name for c in records}
     out.concepts = [c for c in out.concepts if c.name not in names]
     return out

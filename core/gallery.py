@@ -4,7 +4,6 @@ self-check (which candidate the DC probe picks on each concept's own generations
 Maths only: the picture is report.gallery's, file writing the caller's."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +41,7 @@ class Gallery:
 def with_self_check(memory: ContinualMemory, check: dict) -> ContinualMemory:
     """A copy of the memory with each concept's DC self-check (Gallery.self_check) recorded in its metrics, where
     `memory show` and Concept Memory Info list it."""
-    out = copy.deepcopy(memory)
+    out = memory.copy()
     correct = {c["name"]: c["correct"] for c in check["concepts"]}
     for c in out.concepts:
         if c.name in correct:

@@ -6,6 +6,7 @@ Metadata is JSON in the safetensors header. Never pickle.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -138,6 +139,11 @@ class ContinualMemory:
         if any(c.name == record.name for c in self.concepts):
             raise ValueError(f"concept name '{record.name}' is already in this memory")
         self.concepts.append(record)
+
+    def copy(self) -> "ContinualMemory":
+        """An independent copy that shares the Fisher tensors: nothing writes them in place (update_fisher
+        replaces them), and on SDXL they are 1.3 GiB that every node outputting a memory would copy."""
+        return copy.deepcopy(self, memo={id(f): f for f in self.fisher.values()})
 
     def update_fisher(self, new: dict[str, torch.Tensor], gamma: float) -> None:
         """Online EWC: F <- gamma F + F_new / mean(F_new), in fp32. Each concept's Fisher enters with mean 1, so

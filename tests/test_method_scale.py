@@ -128,6 +128,20 @@ def test_fisher_stored_fp32_and_normalised_per_concept():
     assert torch.allclose(mem.fisher["l"], torch.tensor([[1.25, 1.75], [1.0, 2.0]]))
 
 
+def test_memory_copy_shares_the_fisher_and_nothing_else():
+    from continual_concepts.core.memory import ConceptRecord
+
+    mem = ContinualMemory("x")
+    mem.update_fisher({"l": torch.ones(2, 2)}, 0.5)
+    mem.add_concept(ConceptRecord("a", "sks", "a sks", rows={}, delta={}))
+    dup = mem.copy()
+    assert dup.fisher["l"] is mem.fisher["l"]  # shared: SDXL's is 1.3 GiB
+    dup.concepts[0].metrics["x"] = 1
+    dup.update_fisher({"l": torch.full((2, 2), 3.0)}, 0.5)
+    assert "x" not in mem.concepts[0].metrics and torch.equal(mem.fisher["l"], torch.ones(2, 2))
+    assert torch.equal(dup.fisher["l"], torch.full((2, 2), 1.5))
+
+
 def test_dc_temperature_keeps_p_unsaturated_at_every_latent_size():
     """The shipped toy model, 8x8 and 16x16 latents (32 and 64 px renders): with per-element errors and the default
     T, P's mean entropy stays between one-hot and uniform at both sizes; the old per-image sum saturates as the
