@@ -144,7 +144,7 @@ def comfy_server(base: Path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = open(base / "server.log", "w")
+    log = open(base / "server.log", "a")  # a second server on the same base adds to the first one's log
     proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                              "--base-directory", str(base), "--disable-all-custom-nodes", "--whitelist-custom-nodes",
                              "continual_concepts", "--disable-api-nodes"], cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT)
