@@ -1,8 +1,8 @@
 """Online-EWC Fisher from Diffusion-Classifier scores (Jha et al., ICLR 2025, as reconstructed in DESIGN §2).
 
 F_new = E_x[(dL_DC/dW)^2] over all K/V rows, L_DC = CE(onehot(current concept), P(.|x_t)); one (t, eps)
-draw per image and pass, all candidates of that x_t in one UNet call; dL/dW read layer by layer (weight_grads). Returned in fp32 (fp16 zeroed 5.5 %
-of the entries of an un-normalised Fisher).
+draw per image and pass, all candidates of that x_t in one UNet call; dL/dW read layer by layer (weight_grads).
+Returned in fp32 (fp16 zeroed 5.5 % of the entries of an un-normalised Fisher).
 """
 from __future__ import annotations
 

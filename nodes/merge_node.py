@@ -84,6 +84,8 @@ class MergeIntoCheckpoint(io.ComfyNode):
         import folder_paths
         from safetensors.torch import save_file
 
+        if save_dtype not in SAVE_DTYPES:
+            raise ValueError(f"save_dtype: '{save_dtype}' is not one of {', '.join(SAVE_DTYPES)}")
         roots = {"checkpoints": Path(folder_paths.get_output_directory()) / "checkpoints", "memory": memory_dir(),
                  "loras": Path(folder_paths.get_folder_paths("loras")[0]),
                  "embeddings": Path(folder_paths.get_folder_paths("embeddings")[0])}
@@ -105,8 +107,6 @@ class MergeIntoCheckpoint(io.ComfyNode):
 
         ckpt = name("checkpoints", ".safetensors")
         meta = {"continual_concepts": ", ".join(f"{c.name}={c.trigger}" for c in memory.concepts)}
-        if save_dtype not in SAVE_DTYPES:
-            raise ValueError(f"save_dtype: '{save_dtype}' is not one of {', '.join(SAVE_DTYPES)}")
         atomic_write(ckpt, lambda tmp: save_checkpoint(tmp, model, clip, vae, SAVE_DTYPES[save_dtype], meta))
         written = [ckpt, memory.save(name("memory", ".safetensors"))]
         for c, suffix in loras:

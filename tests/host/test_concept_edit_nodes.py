@@ -143,6 +143,16 @@ def test_bad_strength_is_one_clear_error_and_merge_writes_nothing(trained, comfy
     assert not any(p.is_file() for p in comfy_dirs.rglob("*"))
 
 
+def test_bad_save_dtype_is_one_clear_error_and_merge_writes_nothing(trained, comfy_dirs):
+    from continual_concepts.nodes.merge_node import MergeIntoCheckpoint
+
+    t = trained
+    with pytest.raises(ValueError, match=r"^save_dtype: 'fp8' is not one of fp16, bf16, fp32, as loaded$"):
+        run(MergeIntoCheckpoint, model=t["m2"], clip=t["c2"], vae=t["vae"], memory=t["mem"], filename_prefix="d",
+            save_dtype="fp8")
+    assert not any(p.is_file() for p in comfy_dirs.rglob("*"))
+
+
 def test_merge_with_strength_writes_the_concepts_at_that_strength(trained, comfy_dirs):
     from safetensors.torch import load_file
 
