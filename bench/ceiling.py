@@ -3,6 +3,7 @@ and captions (the most this model can take of the concept), through the same tra
 Methods are reported as a fraction of it."""
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -13,28 +14,33 @@ CEILING_LR = 2e-4  # absolute, Adam on every UNet weight (the toy model was pret
 
 
 class WholeUNet:
-    """Every UNet weight trainable in place, as the adapter of core.train.train_concept (the ceiling trains its
-    own copy of the model, so writing in place is what is wanted here)."""
+    """Every UNet weight (or those whose names match `parts`, a regex) trainable in place, as the adapter of
+    core.train.train_concept (the ceiling trains its own copy of the model, so writing in place is what is wanted)."""
 
     lr_scale = 1.0
 
-    def __init__(self, unet):
-        self.unet = unet
+    def __init__(self, unet, parts: str | None = None):
+        self.params = [p for n, p in unet.named_parameters() if parts is None or re.search(parts, n)]
+        if not self.params:
+            raise ValueError(f"parts '{parts}' matches no UNet parameter")
 
     def parameters(self):
-        return self.unet.parameters()
+        return iter(self.params)
 
     @contextmanager
     def applied(self, backend):
-        self.unet.requires_grad_(True)
+        for p in self.params:
+            p.requires_grad_(True)
         try:
             yield self
         finally:
-            self.unet.requires_grad_(False)
+            for p in self.params:
+                p.requires_grad_(False)
 
 
-def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR) -> dict:
-    """Fine-tune a fresh model on one concept; its held-out- and training-context accuracy."""
+def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR, parts: str | None = None) -> dict:
+    """Fine-tune a fresh model on one concept; its held-out- and training-context accuracy. `parts` restricts the
+    fine-tune to the UNet weights whose names match (where the concept can be carried)."""
     backend = make_backend()
     views, captions = training_views(spec.images, spec.captions, cfg.flip)
     x0 = backend.encode_images(views)
@@ -42,8 +48,9 @@ def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR)
     # checker-square 0.46 held-out where an unclipped one (other image draws) measured 0.92, 24 samples each
     cfg = replace(cfg, lr=lr, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, max_grad_norm=None)
     res = train_concept(backend, x0, captions or spec.prompt, spec.trigger, None, None, cfg,
-                        adapter=WholeUNet(backend.unet))
+                        adapter=WholeUNet(backend.unet, parts))
     if res.token is not None:
         backend.set_token_row(spec.trigger, res.token)
+    n = sum(p.numel() for p in WholeUNet(backend.unet, parts).params)
     return {"heldout": world.concept_accuracy(backend, spec), "train_context": world.train_context_accuracy(backend, spec),
-            "seconds": res.seconds}
+            "seconds": res.seconds, "params_pct": 100 * n / backend.unet_param_count()}

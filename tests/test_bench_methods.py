@@ -39,3 +39,28 @@ def test_method_learns_two_concepts(method):
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match="method 'x'"):
         learn("x", None, None, None, "a", "sks", "a", None, TrainConfig(), CAL, {})
+
+
+def test_ceiling_restricted_to_parts_moves_only_those_weights():
+    """bench.ceiling with `parts`: where in the UNet a concept can be carried (bench/toyworld/parts.py)."""
+    from continual_concepts.bench.ceiling import WholeUNet, ceiling
+
+    b = DiffusersBackend(**build_tiny_components(TinyModelSpec(sample_size=8)))
+    before = {n: p.detach().clone() for n, p in b.unet.named_parameters()}
+
+    class World:
+        def concept_accuracy(self, backend, spec):
+            return 0.5
+
+        train_context_accuracy = concept_accuracy
+
+    class Spec:
+        images, captions, prompt, trigger = torch.rand(2, 8, 8, 3), None, "a sks", "sks"
+
+    r = ceiling(lambda: b, World(), Spec(), TrainConfig(steps=2), parts=r"attn2\.to_q\.")
+    moved = {n for n, p in b.unet.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(".attn2.to_q." in n for n in moved)
+    assert not any(p.requires_grad for p in b.unet.parameters())
+    assert 0 < r["params_pct"] < 100 and r["heldout"] == 0.5
+    with pytest.raises(ValueError, match="parts 'nothing' matches no UNet parameter"):
+        WholeUNet(b.unet, "nothing")

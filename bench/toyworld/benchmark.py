@@ -59,7 +59,9 @@ def parse_variant(text: str):
 
 
 def pick_concepts(world, names: str) -> list:
-    """The world's concept specs named in a comma-separated list, or one clear error."""
+    """The world's concept specs named in a comma-separated list ('all': every one, in order), or one clear error."""
+    if names == "all":
+        return list(world.concepts)
     by_name = {s.name: s for s in world.concepts}
     picked = [n.strip() for n in names.split(",") if n.strip()]
     if unknown := [n for n in picked if n not in by_name]:
@@ -78,6 +80,20 @@ def ceilings(world, train: TrainConfig, log=print, backend=make_backend) -> list
         log(f"  ceiling {s.name}: held-out {c['heldout']:.2f}, training contexts {c['train_context']:.2f}")
         out.append({"concept": s.name, **c})
     return out
+
+
+def one_concept_tool(ap: argparse.ArgumentParser, name: str, argv=None):
+    """Options and start shared by the tools that learn one concept at a time (sweep, parts): parsed args, output
+    folder, world and the concepts picked."""
+    ap.add_argument("--model", default=None, help="a toy model folder other than the shipped one")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    out = Path(a.out or f"out/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    world = ToyWorld()
+    return a, out, world, pick_concepts(world, a.concepts)
 
 
 def main(argv=None) -> int:

@@ -11,16 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from functools import partial
-from pathlib import Path
-
-import torch
 
 from ..continual_bench import run_method
 from ..methods import DEFAULT_METHOD
-from .benchmark import make_backend, parse_variant, pick_concepts
-from .evaluate import ToyWorld
+from .benchmark import make_backend, one_concept_tool, parse_variant
 
 
 def main(argv=None) -> int:
@@ -28,17 +23,9 @@ def main(argv=None) -> int:
     ap.add_argument("--concepts", default="striped-diamond,split-circle,twin-dots")
     ap.add_argument("--variants", default="default")
     ap.add_argument("--method", default=DEFAULT_METHOD)
-    ap.add_argument("--model", default=None, help="a toy model folder other than the shipped one")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
+    a, out, world, specs = one_concept_tool(ap, "sweep", argv)
     from ...report.pictures import heatmap, save_png
 
-    out = Path(a.out or f"out/sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    world = ToyWorld()
-    specs = pick_concepts(world, a.concepts)
     names = [s.name for s in specs]
     variants = [parse_variant(v) for v in a.variants.split(";") if v.strip()]
     rows = []
