@@ -37,8 +37,13 @@ def forgetting(matrix: list[list[float]]) -> float:
     return sum(best[j] - matrix[-1][j] for j in range(n - 1)) / (n - 1)
 
 
+def unet_weights(backend) -> dict[str, torch.Tensor]:
+    """A copy of every UNet weight (the benchmarks run diffusers backends): methods may change more than K/V."""
+    return {n: p.detach().cpu().clone() for n, p in backend.unet.named_parameters()}
+
+
 def changed_params_pct(backend, before: dict[str, torch.Tensor]) -> float:
-    changed = sum(int((l.weight.detach().cpu() != before[l.name]).sum()) for l in backend.kv_layers())
+    changed = sum(int((w != before[n]).sum()) for n, w in unet_weights(backend).items())
     return 100 * changed / backend.unet_param_count()
 
 
@@ -47,7 +52,7 @@ def run_method(method, make_backend, world, select_cfg, train_cfg, log=print, fu
     """full_matrix=False measures each concept right after its task and every concept at the end only (a quick
     sweep: forgetting then counts from those two points)."""
     backend = make_backend()
-    before = {l.name: l.weight.detach().cpu().clone() for l in backend.kv_layers()}
+    before = unet_weights(backend)
     memory, state = ContinualMemory.for_model(backend, world.generic_prompt), {}
     base_before = world.base_accuracy(backend)
     acc, dc_acc, secs = [], [], []

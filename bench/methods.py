@@ -3,6 +3,8 @@
 naive        sequential fine-tuning of every K/V row, no regulariser (Custom-Diffusion style, continual)
 clora        K/V LoRA per task + C-LoRA self-regulariser || |sum of past BA| ⊙ BA ||^2 (Smith et al.),
              each task's BA merged into the weights before the next
+clora-xattn  the same on every cross-attention projection (Q, K, V, output): what the layers K/V-only methods
+             cannot reach add under a continual regulariser (toy: they carry most of the gap to the whole UNet)
 cns          concept-neuron selection + CNS L_reg (rows of earlier concepts / pretrained rows)
 cns+ewc      + EWC with the online DC-score Fisher
 cns+ewc+dsc  + DSC distillation against the model before the concept
@@ -20,27 +22,29 @@ from torch import nn
 from ..core.continual import learn_concept, merge_result
 from ..core.images import training_views
 from ..core.memory import ConceptRecord
-from ..core.row_delta import Switchable, all_rows, layer_rms
+from ..core.row_delta import Switchable, all_rows
 from ..core.train import TrainConfig, train_concept
 
-METHODS = ("naive", "clora", "cns", "cns+ewc", "cns+ewc+dsc", "cns+dsc")
+METHODS = ("naive", "clora", "clora-xattn", "cns", "cns+ewc", "cns+ewc+dsc", "cns+dsc")
 DEFAULT_METHOD = "cns+dsc"
 
 
 class CLoRA(Switchable, nn.Module):
     """One LoRA per K/V layer; penalty = lam * sum || |anchor| ⊙ (B A) ||_F^2, anchor = sum of past B A."""
 
-    def __init__(self, backend, anchors: dict[str, torch.Tensor], rank: int, lam: float, seed: int):
+    def __init__(self, backend, anchors: dict[str, torch.Tensor], rank: int, lam: float, seed: int,
+                 names: list[str] | None = None):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.names = [l.name for l in backend.kv_layers()]
-        shapes = {l.name: l.weight.shape for l in backend.kv_layers()}
+        self.names = names or [l.name for l in backend.kv_layers()]
+        weights = {n: backend.layer_module(n).weight for n in self.names}
+        shapes = {n: w.shape for n, w in weights.items()}
         self.A = nn.ParameterList([nn.Parameter(torch.randn(rank, shapes[n][1], generator=g) / shapes[n][1] ** 0.5)
                                    for n in self.names])
         self.B = nn.ParameterList([nn.Parameter(torch.zeros(shapes[n][0], rank)) for n in self.names])
         self.anchors, self.lam = anchors, lam
-        # the training loop's lr is relative: B A then moves by about lr x the K/V weights' RMS per step
-        self.lr_scale = sum(layer_rms(backend).values()) / len(self.names)
+        # the training loop's lr is relative: B A then moves by about lr x the layers' weight RMS per step
+        self.lr_scale = sum(float(w.detach().float().pow(2).mean().sqrt()) for w in weights.values()) / len(weights)
 
     def product(self, i):
         return self.B[i] @ self.A[i]
@@ -62,8 +66,13 @@ class CLoRA(Switchable, nn.Module):
                                         for i, n in enumerate(self.names) if n in self.anchors)}
 
 
+def cross_attention_layers(backend) -> list[str]:
+    """Every linear projection of the UNet's cross-attention blocks (diffusers names: attn2.to_q/k/v, to_out.0)."""
+    return [n for n, m in backend.unet.named_modules() if isinstance(m, nn.Linear) and ".attn2." in n]
+
+
 def _train_cfg(method: str, base: TrainConfig) -> TrainConfig:
-    if method in ("naive", "clora"):
+    if method in ("naive", "clora", "clora-xattn"):
         return replace(base, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0)
     if method == "cns":
         return replace(base, lam_ewc=0, lam_dsc=0)
@@ -87,18 +96,21 @@ def learn(method: str, backend, memory, images, name, trigger, prompt, select_cf
         return learn_concept(backend, memory, images, name, trigger, prompt, select_cfg,
                              replace(cfg, lr=naive_lr or cfg.lr), calibration_prompts, rows=all_rows(backend),
                              captions=captions).result
-    if method == "clora":
+    if method in ("clora", "clora-xattn"):
         views, captions = training_views(images, captions, cfg.flip)
         x0 = backend.encode_images(views)
         anchors = state.setdefault("anchors", {})
-        ad = CLoRA(backend, anchors, clora_rank, clora_lam, cfg.seed + len(memory.concepts)).to(backend.device)
+        names = cross_attention_layers(backend) if method == "clora-xattn" else None
+        ad = CLoRA(backend, anchors, clora_rank, clora_lam, cfg.seed + len(memory.concepts), names).to(backend.device)
         res = train_concept(backend, x0, captions or prompt, trigger, None, memory, cfg, adapter=ad)
-        rows = all_rows(backend)
         deltas = {n: ad.product(i).detach().float().cpu() for i, n in enumerate(ad.names)}
         for n, d in deltas.items():
             anchors[n] = anchors.get(n, torch.zeros_like(d)) + d
-        merge_result(backend, memory, ConceptRecord(name, trigger, prompt, rows, deltas, res.token,
-                                                    metrics={"seconds": res.seconds}))
+        rows = all_rows(backend)
+        for n in set(deltas) - set(rows):  # Q and output projections: baked here, the memory records K/V rows
+            backend.bake_rows(n, torch.arange(deltas[n].shape[0]), deltas[n])
+        merge_result(backend, memory, ConceptRecord(name, trigger, prompt, rows, {n: deltas[n] for n in rows},
+                                                    res.token, metrics={"seconds": res.seconds}))
         return res
     return learn_concept(backend, memory, images, name, trigger, prompt, select_cfg, cfg, calibration_prompts,
                          captions=captions).result

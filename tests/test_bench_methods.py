@@ -16,6 +16,7 @@ CAL = ["a red circle", "a blue square", "a cat"]
 def test_method_learns_two_concepts(method):
     b = DiffusersBackend(**build_tiny_components(TinyModelSpec(sample_size=8)))
     before = {l.name: l.weight.clone() for l in b.kv_layers()}
+    q_out = {n: p.detach().clone() for n, p in b.unet.named_parameters() if ".attn2.to_q." in n or ".attn2.to_out." in n}
     mem, state = ContinualMemory.for_model(b), {}
     sel = SelectConfig(n_calibration=2, budget_pct=3, rho_base=0.3, n_draws=1)
     cfg = TrainConfig(steps=3, dc_every=1, fisher_draws=1, lam_ewc=1.0)  # as the benchmarks run the EWC methods
@@ -24,12 +25,14 @@ def test_method_learns_two_concepts(method):
     changed = sum(int((l.weight != before[l.name]).any(1).sum()) for l in b.kv_layers())
     total = sum(len(w) for w in before.values())
     assert [c.name for c in mem.concepts] == ["a", "b"]
-    if method in ("naive", "clora"):
+    if method in ("naive", "clora", "clora-xattn"):
         assert changed == total  # dense methods move every K/V row
     else:
         assert 0 < changed < total
-    if method == "clora":
+    if method.startswith("clora"):
         assert "clora" in res.history[-1]
+    q_out_moved = any(not torch.equal(p, q_out[n]) for n, p in b.unet.named_parameters() if n in q_out)
+    assert q_out_moved == (method == "clora-xattn")  # only it reaches the cross-attention's Q and output
     if method == "cns+ewc+dsc":
         assert any("dsc" in h for h in res.history) and "ewc" in res.history[-1]
     if method == "cns+dsc":

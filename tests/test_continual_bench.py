@@ -77,3 +77,15 @@ def test_quick_mode_measures_each_concept_after_its_task_and_all_at_the_end():
     assert [[x == x for x in row] for row in mat] == [[True], [False, True], [True, True, True]]  # nan: not measured
     assert world.calls == 1 + 1 + 3 + 3
     assert r["avg_forgetting"] == forgetting(mat) and "ceiling_avg_acc" not in r
+
+
+def test_changed_params_count_every_unet_weight_not_only_kv():
+    from continual_concepts.bench.continual_bench import changed_params_pct, unet_weights
+
+    b = DiffusersBackend(**build_tiny_components(TinyModelSpec(sample_size=8)))
+    before = unet_weights(b)
+    assert changed_params_pct(b, before) == 0
+    q = next(m for n, m in b.unet.named_modules() if n.endswith("attn2.to_q"))
+    with torch.no_grad():
+        q.weight[0] += 1
+    assert changed_params_pct(b, before) == 100 * q.weight.shape[1] / b.unet_param_count()
