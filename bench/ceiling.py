@@ -47,10 +47,10 @@ def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR,
     # no gradient clipping: on every UNet weight it normalises each step's gradient; a clipped ceiling run measured
     # checker-square 0.46 held-out where an unclipped one (other image draws) measured 0.92, 24 samples each
     cfg = replace(cfg, lr=lr, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, max_grad_norm=None)
-    res = train_concept(backend, x0, captions or spec.prompt, spec.trigger, None, None, cfg,
-                        adapter=WholeUNet(backend.unet, parts))
+    adapter = WholeUNet(backend.unet, parts)
+    res = train_concept(backend, x0, captions or spec.prompt, spec.trigger, None, None, cfg, adapter=adapter)
     if res.token is not None:
         backend.set_token_row(spec.trigger, res.token)
-    n = sum(p.numel() for p in WholeUNet(backend.unet, parts).params)
+    n = sum(p.numel() for p in adapter.params)
     return {"heldout": world.concept_accuracy(backend, spec), "train_context": world.train_context_accuracy(backend, spec),
             "seconds": res.seconds, "params_pct": 100 * n / backend.unet_param_count()}

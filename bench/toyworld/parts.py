@@ -20,6 +20,8 @@ from .benchmark import TRAIN, make_backend, one_concept_tool
 
 
 def sequence(world, specs, part: tuple[str, str], model, out: Path) -> dict:
+    """One model fine-tunes `part` (label, regex) concept after concept: accuracy right after each and at the end,
+    forgetting, base accuracy before and after."""
     backend = make_backend(model)
     base_before = world.base_accuracy(backend)
     right_after = [ceiling(lambda: backend, world, s, TRAIN, parts=part[1] or None)["heldout"] for s in specs]
