@@ -5,6 +5,7 @@ clora        K/V LoRA per task + C-LoRA self-regulariser || |sum of past BA| ⊙
              each task's BA merged into the weights before the next
 clora-xattn  the same on every cross-attention projection (Q, K, V, output): what the layers K/V-only methods
              cannot reach add under a continual regulariser (toy: they carry most of the gap to the whole UNet)
+lora-xattn+dsc  LoRA rank 16 on every cross-attention projection, held by DSC instead of C-LoRA's penalty
 cns          concept-neuron selection + CNS L_reg (rows of earlier concepts / pretrained rows)
 cns+ewc      + EWC with the online DC-score Fisher
 cns+ewc+dsc  + DSC distillation against the model before the concept
@@ -25,7 +26,7 @@ from ..core.memory import ConceptRecord
 from ..core.row_delta import Switchable, all_rows
 from ..core.train import TrainConfig, train_concept
 
-METHODS = ("naive", "clora", "clora-xattn", "cns", "cns+ewc", "cns+ewc+dsc", "cns+dsc")
+METHODS = ("naive", "clora", "clora-xattn", "lora-xattn+dsc", "cns", "cns+ewc", "cns+ewc+dsc", "cns+dsc")
 DEFAULT_METHOD = "cns+dsc"
 
 
@@ -74,6 +75,8 @@ def cross_attention_layers(backend) -> list[str]:
 def _train_cfg(method: str, base: TrainConfig) -> TrainConfig:
     if method in ("naive", "clora", "clora-xattn"):
         return replace(base, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0)
+    if method == "lora-xattn+dsc":
+        return replace(base, lam_prev=0, lam_base=0, lam_ewc=0)
     if method == "cns":
         return replace(base, lam_ewc=0, lam_dsc=0)
     if method == "cns+ewc":
@@ -96,12 +99,13 @@ def learn(method: str, backend, memory, images, name, trigger, prompt, select_cf
         return learn_concept(backend, memory, images, name, trigger, prompt, select_cfg,
                              replace(cfg, lr=naive_lr or cfg.lr), calibration_prompts, rows=all_rows(backend),
                              captions=captions).result
-    if method in ("clora", "clora-xattn"):
+    if method in ("clora", "clora-xattn", "lora-xattn+dsc"):
         views, captions = training_views(images, captions, cfg.flip)
         x0 = backend.encode_images(views)
         anchors = state.setdefault("anchors", {})
-        names = cross_attention_layers(backend) if method == "clora-xattn" else None
-        ad = CLoRA(backend, anchors, clora_rank, clora_lam, cfg.seed + len(memory.concepts), names).to(backend.device)
+        names = cross_attention_layers(backend) if "xattn" in method else None
+        rank, lam = (16, 0.0) if method == "lora-xattn+dsc" else (clora_rank, clora_lam)
+        ad = CLoRA(backend, anchors, rank, lam, cfg.seed + len(memory.concepts), names).to(backend.device)
         res = train_concept(backend, x0, captions or prompt, trigger, None, memory, cfg, adapter=ad)
         deltas = {n: ad.product(i).detach().float().cpu() for i, n in enumerate(ad.names)}
         for n, d in deltas.items():
