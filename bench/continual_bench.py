@@ -43,7 +43,7 @@ def unet_weights(backend) -> dict[str, torch.Tensor]:
 
 
 def changed_params_pct(backend, before: dict[str, torch.Tensor]) -> float:
-    changed = sum(int((w != before[n]).sum()) for n, w in unet_weights(backend).items())
+    changed = sum(int((p.detach().cpu() != before[n]).sum()) for n, p in backend.unet.named_parameters())
     return 100 * changed / backend.unet_param_count()
 
 
@@ -82,8 +82,8 @@ def run_method(method, make_backend, world, select_cfg, train_cfg, log=print, fu
         "dc_probe_avg_acc": sum(dc_acc[-1]) / len(dc_acc[-1]),
         "base_acc_before": base_before,
         "base_acc_after": world.base_accuracy(backend),
-        "params_pct": changed_params_pct(backend, before),
-        "params_pct_per_concept": changed_params_pct(backend, before) / len(specs),
+        "params_pct": (pct := changed_params_pct(backend, before)),
+        "params_pct_per_concept": pct / len(specs),
         "seconds_per_concept": sum(secs) / len(secs),
         "samples": world.concept_samples(backend, specs),
     }

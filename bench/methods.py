@@ -23,15 +23,17 @@ from torch import nn
 from ..core.continual import learn_concept, merge_result
 from ..core.images import training_views
 from ..core.memory import ConceptRecord
-from ..core.row_delta import Switchable, all_rows
+from ..core.row_delta import Switchable, all_rows, weight_rms
 from ..core.train import TrainConfig, train_concept
 
 METHODS = ("naive", "clora", "clora-xattn", "lora-xattn+dsc", "cns", "cns+ewc", "cns+ewc+dsc", "cns+dsc")
 DEFAULT_METHOD = "cns+dsc"
+XATTN_DSC_RANK = 16  # lora-xattn+dsc: no low-rank penalty holds it, so more rank than C-LoRA's 4
 
 
 class CLoRA(Switchable, nn.Module):
-    """One LoRA per K/V layer; penalty = lam * sum || |anchor| ⊙ (B A) ||_F^2, anchor = sum of past B A."""
+    """One LoRA per K/V layer (or per layer named); penalty = lam * sum || |anchor| ⊙ (B A) ||_F^2, anchor = sum of
+    past B A (lam 0: plain LoRA)."""
 
     def __init__(self, backend, anchors: dict[str, torch.Tensor], rank: int, lam: float, seed: int,
                  names: list[str] | None = None):
@@ -45,7 +47,7 @@ class CLoRA(Switchable, nn.Module):
         self.B = nn.ParameterList([nn.Parameter(torch.zeros(shapes[n][0], rank)) for n in self.names])
         self.anchors, self.lam = anchors, lam
         # the training loop's lr is relative: B A then moves by about lr x the layers' weight RMS per step
-        self.lr_scale = sum(float(w.detach().float().pow(2).mean().sqrt()) for w in weights.values()) / len(weights)
+        self.lr_scale = sum(weight_rms(w) for w in weights.values()) / len(weights)
 
     def product(self, i):
         return self.B[i] @ self.A[i]
@@ -104,7 +106,7 @@ def learn(method: str, backend, memory, images, name, trigger, prompt, select_cf
         x0 = backend.encode_images(views)
         anchors = state.setdefault("anchors", {})
         names = cross_attention_layers(backend) if "xattn" in method else None
-        rank, lam = (16, 0.0) if method == "lora-xattn+dsc" else (clora_rank, clora_lam)
+        rank, lam = (XATTN_DSC_RANK, 0.0) if method == "lora-xattn+dsc" else (clora_rank, clora_lam)
         ad = CLoRA(backend, anchors, rank, lam, cfg.seed + len(memory.concepts), names).to(backend.device)
         res = train_concept(backend, x0, captions or prompt, trigger, None, memory, cfg, adapter=ad)
         deltas = {n: ad.product(i).detach().float().cpu() for i, n in enumerate(ad.names)}

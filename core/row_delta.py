@@ -86,9 +86,14 @@ def applied_deltas(backend: Backend, deltas: dict[str, tuple[torch.Tensor, torch
             backend.clear_row_delta(n)
 
 
+def weight_rms(w: torch.Tensor) -> float:
+    """A weight's RMS as it is now: the unit of relative learning rates and penalties."""
+    return float(w.detach().float().pow(2).mean().sqrt().clamp_min(1e-12))
+
+
 def layer_rms(backend: Backend) -> dict[str, float]:
-    """RMS of every K/V weight as it is now: the unit of relative learning rates and penalties."""
-    return {l.name: float(l.weight.detach().float().pow(2).mean().sqrt().clamp_min(1e-12)) for l in backend.kv_layers()}
+    """weight_rms of every K/V layer."""
+    return {l.name: weight_rms(l.weight) for l in backend.kv_layers()}
 
 
 def all_rows(backend: Backend) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ from .dc_scores import DEFAULT_TEMPERATURE, dc_logits
 from .denoise import denoise_error, draw_t_eps
 from .memory import ContinualMemory, element_mean
 from .precision import check_precision, compute_dtype, grad_scaler
-from .row_delta import RowDeltas, kv_in_dim, layer_rms
+from .row_delta import RowDeltas, kv_in_dim, layer_rms, weight_rms
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -188,7 +188,7 @@ def train_concept(
     if trigger and cfg.train_token:
         row = backend.token_row(trigger).float()
         token = torch.nn.Parameter(row.to(dev))
-        params.append({"params": [token], "lr": cfg.token_lr * float(row.pow(2).mean().sqrt().clamp_min(1e-12))})
+        params.append({"params": [token], "lr": cfg.token_lr * weight_rms(row)})
     opt = torch.optim.AdamW(params, weight_decay=0.0)
     anchors = row_anchors(backend, deltas, memory) if rowwise else None
     use_dsc = cfg.lam_dsc > 0 and memory is not None
