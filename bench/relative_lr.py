@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 
 from ..core.backends.diffusers_backend import DiffusersBackend
-from ..core.row_delta import RowDeltas, kv_in_dim, layer_rms
+from ..core.row_delta import RowDeltas, weight_rms
 from ..core.tiny_model import TinyModelSpec, build_tiny_components
 from ..core.train import TrainConfig, train_concept
 
@@ -35,7 +35,7 @@ def relative_change(width: int, steps: int, relative: bool = True, rows_per_laye
         res = train_concept(b, x0, "a sks", "sks", rows, None, cfg)
     else:
         res = train_concept(b, x0, "a sks", "sks", None, None, replace(cfg, lr=cfg.lr * TOY_RMS),
-                            adapter=RowDeltas(rows, kv_in_dim(b)))
+                            adapter=RowDeltas(rows, {l.name: l.weight.shape[1] for l in b.kv_layers()}))
     w = {l.name: l.weight.detach() for l in b.kv_layers()}
     num = sum(float(d.pow(2).sum()) for _, d in res.deltas.values())
     den = sum(float(w[n][r].pow(2).sum()) for n, r in rows.items())
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     out = {"steps": a.steps, "lr": TrainConfig.lr}
     for name, width in WIDTHS.items():
         b = DiffusersBackend(**build_tiny_components(TinyModelSpec(sample_size=8, cross_attention_dim=width, text_layers=1)))
-        out[name] = {"width": width, "weight_rms": sum(layer_rms(b).values()) / len(b.kv_layers()),
+        out[name] = {"width": width, "weight_rms": sum(weight_rms(l.weight) for l in b.kv_layers()) / len(b.kv_layers()),
                      "relative_change": relative_change(width, a.steps),
                      "relative_change_absolute_lr": relative_change(width, a.steps, relative=False)}
         print(name, out[name], file=sys.stderr)

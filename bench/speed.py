@@ -58,10 +58,8 @@ def cns_sized_rows(backend, seed: int = 0) -> dict[str, torch.Tensor]:
     """Rows drawn at random over all K/V rows, as many as CNS's default budget allows (SelectConfig.budget_pct
     of UNet parameters: 0.13 %, i.e. 1,450 of SD1.5's 24,960 K/V rows = 5.8 %)."""
     from ..core.neurons import SelectConfig
-    from ..core.row_delta import kv_in_dim
-
     layers = backend.kv_layers()
-    n = max(1, round(SelectConfig().budget_pct / 100 * backend.unet_param_count() / kv_in_dim(backend)))
+    n = max(1, round(SelectConfig().budget_pct / 100 * backend.unet_param_count() / layers[0].weight.shape[1]))
     sizes = [l.weight.shape[0] for l in layers]
     pick = torch.randperm(sum(sizes), generator=torch.Generator().manual_seed(seed))[:n]
     out, start = {}, 0

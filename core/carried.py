@@ -107,7 +107,7 @@ def concept_states(memory: ContinualMemory, weights: dict[str, torch.Tensor],
 def model_states(memory: ContinualMemory, backend: Backend, force: bool = False) -> dict[str, str]:
     """Fingerprint check (the memory belongs to this base model), then concept_states on the backend's model."""
     memory.check_model(backend, force)
-    weights = {l.name: l.weight for l in backend.kv_layers()}
+    weights = {l.name: l.weight for l in backend.projection_layers()}
     tokens = {c.trigger: backend.token_row(c.trigger) for c in memory.concepts if c.token is not None}
     return concept_states(memory, weights, tokens)
 

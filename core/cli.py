@@ -92,7 +92,7 @@ def cmd_select(a):
 
     t = {n: r.contiguous() for n, r in sel.rows.items() if len(r)}
     atomic_write(out, lambda tmp: save_file(t, tmp, metadata={"report": json.dumps(sel.report)}))
-    save_png(out.with_suffix(".png"), neuron_map(sel.rows, {l.name: l.weight.shape[0] for l in b.kv_layers()}))
+    save_png(out.with_suffix(".png"), neuron_map(sel.rows, {l.name: l.weight.shape[0] for l in b.layers(sel.report["config"]["parts"])}))
     print(json.dumps({k: v for k, v in sel.report.items() if k not in ("per_layer", "calibration_prompts")}))
     del torch
 

@@ -36,13 +36,21 @@ def merge_result(backend: Backend, memory: ContinualMemory, record: ConceptRecor
     memory.add_concept(record)
 
 
+def fisher_parts(backend: Backend, memory: ContinualMemory) -> str:
+    """K/V, or every projection once any concept or the Fisher has touched a Q or output row: the Fisher covers
+    what later concepts may train without paying for Q/output weights on K/V-only memories (SDXL: +0.8 GiB)."""
+    kind = {l.name: l.kind for l in backend.projection_layers()}
+    touched = set(memory.fisher) | {n for c in memory.concepts for n in c.rows}
+    return "qkvo" if any(kind.get(n) in ("q", "o") for n in touched) else "kv"
+
+
 def update_fisher(backend: Backend, memory: ContinualMemory, x0: torch.Tensor, cfg: TrainConfig,
                   at: dict | None = None) -> None:
     """Fold the newest concept's DC Fisher into the memory (`at`: its deltas, if not baked into backend)."""
     with torch.no_grad():
         ctx = backend.encode_text(memory.candidates(), memory.tokens())
     f = dc_fisher(backend, x0, ctx, target=len(memory.concepts), draws=cfg.fisher_draws, seed=cfg.seed,
-                  temperature=cfg.dc_temperature, at=at)
+                  temperature=cfg.dc_temperature, at=at, parts=fisher_parts(backend, memory))
     memory.update_fisher(f, cfg.fisher_gamma)
 
 

@@ -110,7 +110,7 @@ class ContinualMemory:
     # ----------------------------------------------------------------- updates
     def record_pretrained(self, backend: Backend, rows: dict[str, torch.Tensor]) -> None:
         """Remember the pretrained value of rows about to change for the first time."""
-        weights = {l.name: l.weight for l in backend.kv_layers()}
+        weights = {l.name: l.weight for l in backend.projection_layers()}
         for n, r in rows.items():
             if not len(r):
                 continue
@@ -164,7 +164,7 @@ class ContinualMemory:
         self.check_model(backend, force)
         if not self.concepts:
             return "already"
-        weights = {l.name: l.weight for l in backend.kv_layers()}
+        weights = {l.name: l.weight for l in backend.projection_layers()}
         final = {n: vals.clone() for n, (rows, vals) in self.pretrained.items()}
         pos = {n: {int(r): i for i, r in enumerate(rows)} for n, (rows, _) in self.pretrained.items()}
         for c in self.concepts:

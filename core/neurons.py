@@ -1,11 +1,15 @@
-"""Concept Neuron Selection: which K/V rows respond to the concept but not to generic prompts.
+"""Concept Neuron Selection: which cross-attention rows respond to the concept but not to generic prompts.
+
+Rows come from the K/V projections (CNS, parts="kv") or from every cross-attention projection (parts="qkvo": Q
+and output rows read the image features, where K/V read the text; see bench/RESULTS.md for what each learns).
 
 Definitions (DESIGN §2; [assumption] where the CNS paper is silent):
   importance (Taylor)   s_r = E_{draws} | <W_r, dL_diff/dW_r> |   on the concept images
   importance (activation, general only)  a_r = mean_positions | W_r . e |   text only
   base     = top rho_base of rows by s (ranked across layers after dividing by each layer's mean)
   general  = rows in the per-prompt top set for >= tau of the calibration prompts
-  concept  = base AND NOT general, capped to the budget (% of UNet parameters) by score
+  concept  = base AND NOT general, capped to the budget (% of UNet parameters; a row costs its input width)
+             by score
 """
 from __future__ import annotations
 
@@ -17,13 +21,13 @@ import torch
 
 from .backends.base import Backend
 from .denoise import denoise_error, draw_t_eps
-from .row_delta import kv_in_dim
-from .weight_grads import kv_weight_grads
+from .weight_grads import weight_grads
 
 
 @dataclass
 class SelectConfig:
     budget_pct: float = 0.13  # % of UNet parameters (CNS reports ~0.13 % for SD1.5)
+    parts: str = "kv"  # projections rows are chosen from: "kv" (CNS) or "qkvo" (+ query and output projections)
     rho_base: float = 0.10  # fraction of all K/V rows that are "base"
     rho_general: float | None = None  # per-prompt top fraction for "general" (None: = rho_base)
     tau: float = 0.5  # a row is general if top for >= tau of the prompts
@@ -54,7 +58,7 @@ def taylor_scores(backend: Backend, x0: torch.Tensor, prompt: str | list[str], c
                   gen: torch.Generator, tokens: dict | None = None) -> dict[str, torch.Tensor]:
     """E over draws of |<W_r, grad_r>|, grad_r = dL/dW_r over all images of a draw (<W_r, .> is linear, so the
     per-chunk dot products add up). prompt: one for every image or one caption per image."""
-    weights = {l.name: l.weight.detach() for l in backend.kv_layers()}
+    weights = {l.name: l.weight.detach() for l in backend.layers(cfg.parts)}
     prompts = [prompt] * len(x0) if isinstance(prompt, str) else list(prompt)
     uniq = sorted(set(prompts))
     which = torch.tensor([uniq.index(p) for p in prompts])
@@ -65,7 +69,7 @@ def taylor_scores(backend: Backend, x0: torch.Tensor, prompt: str | list[str], c
         dot[n] += (weights[n].float() * g).sum(1)
 
     ctx = backend.encode_text(uniq, tokens).detach()
-    with kv_weight_grads(backend, add_dot):
+    with weight_grads(backend, list(weights), add_dot):
         for _ in range(cfg.n_draws):
             for d in dot.values():
                 d.zero_()
@@ -80,9 +84,9 @@ def taylor_scores(backend: Backend, x0: torch.Tensor, prompt: str | list[str], c
 
 @torch.no_grad()
 def activation_scores(backend: Backend, prompt: str) -> dict[str, torch.Tensor]:
-    """mean over every context position cross-attention reads (padding included) of |W_r . e| (text only)."""
+    """mean over every context position cross-attention reads (padding included) of |W_r . e| (text only: K/V rows)."""
     e = backend.text_context(backend.encode_text([prompt]))[0].float()
-    return {l.name: (e @ l.weight.float().T).abs().mean(0).cpu() for l in backend.kv_layers()}
+    return {l.name: (e @ l.weight.float().T).abs().mean(0).cpu() for l in backend.layers("kv")}
 
 
 def _top_mask(scores: dict[str, torch.Tensor], frac: float) -> dict[str, torch.Tensor]:
@@ -111,6 +115,10 @@ def select_concept_neurons(
 ) -> NeuronSelection:
     """Score, mask and cap. `progress(i, total)` is called after each scoring pass (may raise to cancel)."""
     cfg = cfg or SelectConfig()
+    backend.layers(cfg.parts)  # validates parts
+    if cfg.general_scoring == "activation" and cfg.parts != "kv":
+        raise ValueError("general_scoring 'activation' reads the text only, so it scores K/V rows: use parts 'kv', "
+                         "or 'taylor' scoring with parts 'qkvo'")
     if len(x0) == 0:
         raise ValueError("images: no concept images to score neurons on")
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -131,12 +139,17 @@ def select_concept_neurons(
     general = {n: counts[n] >= cfg.tau * len(prompts) for n in counts}
     concept = {n: base[n] & ~general[n] for n in base}
 
-    in_dim = kv_in_dim(backend)
+    width = {l.name: l.weight.shape[1] for l in backend.layers(cfg.parts)}
     unet_params = backend.unet_param_count()
-    budget_rows = max(1, int(cfg.budget_pct / 100 * unet_params / in_dim))
+    budget = max(min(width.values()), int(cfg.budget_pct / 100 * unet_params))
     cand = [(float(base_s[n][r]), n, int(r)) for n in concept for r in concept[n].nonzero().flatten()]
     cand.sort(key=lambda c: (-c[0], c[1], c[2]))
-    chosen = cand[:budget_rows]
+    chosen, used = [], 0
+    for c in cand:  # by score while the budget lasts
+        if used + width[c[1]] > budget:
+            break
+        chosen.append(c)
+        used += width[c[1]]
     rows = {n: torch.tensor(sorted(r for _, m, r in chosen if m == n), dtype=torch.long) for n in base_s}
 
     n_base = sum(int(m.sum()) for m in base.values())
@@ -151,10 +164,10 @@ def select_concept_neurons(
         "general_rows": sum(int(m.sum()) for m in general.values()),
         "base_general_overlap": n_both / max(1, n_base),
         "concept_rows_before_cap": len(cand),
-        "budget_rows": budget_rows,
+        "budget_params": budget,
         "selected_rows": sel,
-        "selected_params": sel * in_dim,
-        "params_pct": 100 * sel * in_dim / unet_params,
+        "selected_params": used,
+        "params_pct": 100 * used / unet_params,
         "per_layer": {n: {"base": int(base[n].sum()), "general": int(general[n].sum()),
                           "selected": len(rows[n]), "rows": len(base_s[n])} for n in base_s},
     }

@@ -29,32 +29,34 @@ class Switchable:
 
 
 class RowDeltas(Switchable, nn.Module):
-    """`delta` is the fp32 master copy of the change. With `scale` (layer -> the layer's weight RMS) it is kept in
-    units of that RMS: the change of a row is delta * scale, so Adam's step (~lr per element, whatever the
-    weight's size) and the penalties mean the same relative change on the toy model, SD1.5 and SDXL."""
+    """`delta` is the fp32 master copy of the change, every layer's selected rows flattened into one vector (K/V
+    rows read the text width, Q and output rows the block's width). With `scale` (layer -> the layer's weight RMS)
+    it is kept in units of that RMS: the change of a row is delta * scale, so Adam's step (~lr per element,
+    whatever the weight's size) and the penalties mean the same relative change on the toy model, SD1.5 and SDXL."""
 
-    def __init__(self, rows: dict[str, torch.Tensor], in_dim: int, device=None, dtype=torch.float32,
+    def __init__(self, rows: dict[str, torch.Tensor], in_dims: dict[str, int], device=None, dtype=torch.float32,
                  scale: dict[str, float] | None = None):
         super().__init__()
         self.names = [n for n in rows if len(rows[n])]
         self.rows = {n: rows[n].to(device=device, dtype=torch.long) for n in self.names}
-        sizes = [len(self.rows[n]) for n in self.names]
+        self.in_dims = {n: int(in_dims[n]) for n in self.names}
+        sizes = [len(self.rows[n]) * self.in_dims[n] for n in self.names]
         self.offsets = dict(zip(self.names, torch.tensor([0] + sizes).cumsum(0).tolist()))
-        self.delta = nn.Parameter(torch.zeros(sum(sizes), in_dim, device=device, dtype=dtype))
+        self.delta = nn.Parameter(torch.zeros(sum(sizes), device=device, dtype=dtype))
         self.scale = {n: float(scale[n]) if scale else 1.0 for n in self.names}
 
     def __len__(self):
-        return self.delta.shape[0]
+        return sum(len(r) for r in self.rows.values())
+
+    def flat(self, per_layer: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Layer -> [rows, in] tensors (in this delta's layer order) as one vector laid out like `delta`."""
+        return torch.cat([per_layer[n].reshape(-1) for n in self.names]) if self.names else torch.zeros(0)
 
     def layer_delta(self, name: str) -> torch.Tensor:
-        """The change of the layer's selected rows, in the weights' own units."""
-        o = self.offsets[name]
-        d = self.delta[o : o + len(self.rows[name])]
+        """The change of the layer's selected rows [rows, in], in the weights' own units."""
+        o, n = self.offsets[name], len(self.rows[name])
+        d = self.delta[o : o + n * self.in_dims[name]].view(n, self.in_dims[name])
         return d if self.scale[name] == 1.0 else d * self.scale[name]
-
-    def row_scale(self) -> torch.Tensor:
-        """[n_rows, 1] the scale of every compact row (to express weight-unit offsets in delta units)."""
-        return torch.cat([torch.full((len(self.rows[n]), 1), self.scale[n]) for n in self.names]).to(self.delta)
 
     def _getter(self, name):
         return lambda: self.layer_delta(name) if self.enabled else None
@@ -72,6 +74,16 @@ class RowDeltas(Switchable, nn.Module):
 
     def as_dict(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return {n: (self.rows[n].cpu(), self.layer_delta(n).detach().float().cpu()) for n in self.names}
+
+    @classmethod
+    def on(cls, backend: Backend, rows: dict[str, torch.Tensor], device=None) -> "RowDeltas":
+        """Zero deltas for `rows` of the backend's projections, in units of each layer's weight RMS."""
+        layers = {l.name: l.weight for l in backend.projection_layers() if l.name in rows}
+        unknown = set(n for n in rows if len(rows[n])) - set(layers)
+        if unknown:
+            raise ValueError(f"neurons: layers {sorted(unknown)[:3]} are not cross-attention projections of this model")
+        return cls(rows, {n: w.shape[1] for n, w in layers.items()}, device,
+                   scale={n: weight_rms(w) for n, w in layers.items()})
 
 
 @contextmanager
@@ -91,18 +103,12 @@ def weight_rms(w: torch.Tensor) -> float:
     return float(w.detach().float().pow(2).mean().sqrt().clamp_min(1e-12))
 
 
-def layer_rms(backend: Backend) -> dict[str, float]:
-    """weight_rms of every K/V layer."""
-    return {l.name: weight_rms(l.weight) for l in backend.kv_layers()}
+def all_rows(backend: Backend, parts: str = "kv") -> dict[str, torch.Tensor]:
+    """Every row of every projection in `parts` (dense: for the Custom-Diffusion baseline and tests)."""
+    return {l.name: torch.arange(l.weight.shape[0]) for l in backend.layers(parts)}
 
 
-def all_rows(backend: Backend) -> dict[str, torch.Tensor]:
-    """Every K/V row of every layer (dense: for scoring, Fisher, and the Custom-Diffusion baseline)."""
-    return {l.name: torch.arange(l.weight.shape[0]) for l in backend.kv_layers()}
-
-
-def kv_in_dim(backend: Backend) -> int:
-    dims = {l.weight.shape[1] for l in backend.kv_layers()}
-    if len(dims) != 1:
-        raise ValueError(f"cross-attention K/V layers read contexts of different widths {sorted(dims)}")
-    return dims.pop()
+def row_params(backend: Backend, rows: dict[str, torch.Tensor]) -> int:
+    """How many weights the rows hold (rows x the layer's input width, summed)."""
+    width = {l.name: l.weight.shape[1] for l in backend.projection_layers()}
+    return sum(len(r) * width[n] for n, r in rows.items())

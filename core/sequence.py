@@ -13,6 +13,7 @@ from .continual import ConceptOutcome, learn_concept
 from .dc_scores import dc_scores
 from .memory import ContinualMemory
 from .neurons import SelectConfig
+from .row_delta import row_params
 from .train import TrainConfig
 
 
@@ -79,7 +80,6 @@ def sequence_summary(backend: Backend, memory: ContinualMemory, matrix: list[lis
         "concepts": n,
         "dc_avg_acc": sum(final) / len(final),
         "dc_avg_forgetting": sum(max(r[i] for r in matrix[i:]) - final[i] for i in range(n - 1)) / max(1, n - 1),
-        "params_pct": 100 * sum(c.n_rows for c in memory.concepts) * next(iter(backend.kv_layers())).weight.shape[1]
-        / backend.unet_param_count() / n,
+        "params_pct": 100 * sum(row_params(backend, c.rows) for c in memory.concepts) / backend.unet_param_count() / n,
         "seconds": seconds,
     }

@@ -1,4 +1,4 @@
-"""One continual training step: learn a concept in its selected K/V rows (+ its trigger token).
+"""One continual training step: learn a concept in its selected cross-attention rows (+ its trigger token).
 
 Every row quantity is in units of its layer's weight RMS (u = delta / rms, see RowDeltas), and every penalty is
 a *mean* over the selected row elements, so it sits on the scale of the (mean) diffusion loss and the same
@@ -26,7 +26,7 @@ from .dc_scores import DEFAULT_TEMPERATURE, dc_logits
 from .denoise import denoise_error, draw_t_eps
 from .memory import ContinualMemory, element_mean
 from .precision import check_precision, compute_dtype, grad_scaler
-from .row_delta import RowDeltas, kv_in_dim, layer_rms, weight_rms
+from .row_delta import RowDeltas, weight_rms
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,7 +36,7 @@ class NonFiniteLossError(FloatingPointError):
 @dataclass
 class TrainConfig:
     steps: int = 200
-    lr: float = 0.002  # relative: a fraction of each K/V layer's weight RMS per Adam step (bench/RESULTS.md)
+    lr: float = 0.002  # relative: a fraction of each trained layer's weight RMS per Adam step (bench/RESULTS.md)
     token_lr: float = 0.1  # relative to the trigger embedding's RMS
     batch_size: int = 4
     train_token: bool = True
@@ -87,38 +87,39 @@ class TrainResult:
 
 @dataclass
 class RowAnchors:
-    """What the row penalties compare against, per compact row, in delta units (see RowDeltas)."""
+    """What the row penalties compare against, per element of the flat delta u (see RowDeltas), in delta units."""
 
-    in_prev: torch.Tensor  # [R] bool: the row was changed by an earlier concept
-    offset: torch.Tensor  # [R, in] (W_before - W_pretrained) / rms: non-zero only on rows of earlier concepts
-    fisher: torch.Tensor | None  # [R, in] DC Fisher normalised to mean 1 over every K/V row (None: no Fisher yet)
+    in_prev: torch.Tensor  # bool like u: the element's row was changed by an earlier concept
+    offset: torch.Tensor  # like u: (W_before - W_pretrained) / rms, non-zero only on rows of earlier concepts
+    fisher: torch.Tensor | None  # like u: DC Fisher normalised to mean 1 over every recorded row (None: no Fisher yet)
 
 
 def row_anchors(backend, deltas: RowDeltas, memory: ContinualMemory | None) -> RowAnchors:
-    weights = {l.name: l.weight for l in backend.kv_layers()}
+    weights = {l.name: l.weight for l in backend.projection_layers()}
     prev = memory.prev_rows() if memory else {}
-    in_prev, offset, fisher = [], [], []
+    in_prev, offset, fisher = {}, {}, {}
     f_mean = None
     if memory and memory.fisher:
         f_mean = element_mean(memory.fisher.values()).clamp_min(1e-30)
     for n in deltas.names:
         rows = deltas.rows[n].cpu()
-        in_prev.append(torch.isin(rows, prev.get(n, torch.empty(0, dtype=torch.long))))
         cur = weights[n].detach()[rows.to(weights[n].device)].float().cpu()
+        in_prev[n] = torch.isin(rows, prev.get(n, torch.empty(0, dtype=torch.long)))[:, None].expand_as(cur)
         pre = memory.pretrained_rows(n, rows, cur) if memory else cur
-        offset.append((cur - pre) / deltas.scale[n])
+        offset[n] = (cur - pre) / deltas.scale[n]
         if f_mean is not None:
-            fisher.append(memory.fisher[n][rows].float() / f_mean if n in memory.fisher else torch.zeros_like(cur))
+            fisher[n] = memory.fisher[n][rows].float() / f_mean if n in memory.fisher else torch.zeros_like(cur)
     dev = deltas.delta.device
-    return RowAnchors(torch.cat(in_prev).to(dev), torch.cat(offset).to(dev),
-                      torch.cat(fisher).to(dev) if fisher else None)
+    return RowAnchors(deltas.flat(in_prev).to(dev), deltas.flat(offset).to(dev),
+                      deltas.flat(fisher).to(dev) if fisher else None)
 
 
 def row_penalties(u: torch.Tensor, anchors: RowAnchors, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """The CNS and EWC-DC terms for the compact delta u [R, in] (delta units), each a mean over u's elements."""
+    """The CNS and EWC-DC terms for the delta u (delta units, any shape the anchors share), each a mean over u's
+    elements."""
     terms = {}
     if cfg.lam_prev > 0 and bool(anchors.in_prev.any()):
-        terms["prev"] = cfg.lam_prev * (anchors.in_prev[:, None] * u.pow(2)).mean()
+        terms["prev"] = cfg.lam_prev * (anchors.in_prev * u.pow(2)).mean()
     if cfg.lam_base > 0:
         terms["base"] = cfg.lam_base * (u + anchors.offset).pow(2).mean()
     if cfg.lam_ewc > 0 and anchors.fisher is not None:
@@ -181,7 +182,7 @@ def train_concept(
     dev = backend.device
     backend.set_compute_dtype(compute_dtype(cfg.precision, dev))
     scaler = grad_scaler(backend.dtype, dev)
-    deltas = adapter if adapter is not None else RowDeltas(rows, kv_in_dim(backend), dev, scale=layer_rms(backend))
+    deltas = adapter if adapter is not None else RowDeltas.on(backend, rows, dev)
     rowwise = isinstance(deltas, RowDeltas)
     params = [{"params": list(deltas.parameters()), "lr": cfg.lr * getattr(deltas, "lr_scale", 1.0)}]
     token = None

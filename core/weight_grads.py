@@ -1,7 +1,7 @@
-"""Every K/V weight's gradient, handed over one layer at a time during the backward pass.
+"""Whole-weight gradients of cross-attention projections, handed over one layer at a time in the backward pass.
 
-Selection's Taylor scores and the DC Fisher need dL/dW for every K/V row but train nothing: reading it off a
-trainable all-rows zero delta kept the delta and its gradient, each the size of all K/V weights (SDXL: 341 M
+Selection's Taylor scores and the DC Fisher need dL/dW for every row they rank but train nothing: reading it off
+a trainable all-rows zero delta kept the delta and its gradient, each the size of all K/V weights (SDXL: 341 M
 values, 1.3 GiB apiece in fp32), for the whole pass. Here each layer's gradient exists only while its
 consumer reduces it.
 """
@@ -16,9 +16,8 @@ from .backends.base import Backend
 
 
 @contextmanager
-def kv_weight_grads(backend: Backend, fn: Callable[[str, torch.Tensor], None]):
-    """Within the block, every backward pass calls fn(layer name, dL/dW [out, in] fp32) for every K/V layer."""
-    names = [l.name for l in backend.kv_layers()]
+def weight_grads(backend: Backend, names: list[str], fn: Callable[[str, torch.Tensor], None]):
+    """Within the block, every backward pass calls fn(layer name, dL/dW [out, in] fp32) for every layer named."""
     try:
         for n in names:
             backend.set_weight_grad_tap(n, lambda g, n=n: fn(n, g))

@@ -93,7 +93,7 @@ class MergeIntoCheckpoint(io.ComfyNode):
         strengths = parse_strengths(strength, memory)
         with reading_backend(model, clip) as b:
             require_carried(memory, b)
-            dims = {l.name: l.weight.shape[0] for l in b.kv_layers()}
+            dims = {l.name: l.weight.shape[0] for l in b.projection_layers()}
             if any(s != 1 for s in strengths.values()):
                 states = {c.name: CARRIED for c in memory.concepts}
                 model, clip, memory = at_strengths(model, clip, b, memory, states, strengths)

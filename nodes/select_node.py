@@ -57,7 +57,7 @@ class SelectConceptNeurons(io.ComfyNode):
             sel = select_concept_neurons(b, b.encode_images(images), prompt, cfg,
                                          prev_rows=memory.prev_rows() if memory else None,
                                          progress=progress(passes, lambda i, t: f"scoring pass {i}/{t}"))
-            sizes = {l.name: l.weight.shape[0] for l in b.kv_layers()}
+            sizes = {l.name: l.weight.shape[0] for l in b.layers(cfg.parts)}
         pic = image(neuron_map(sel.rows, sizes, f"concept neurons for '{trigger}'"))
         rep = {k: v for k, v in sel.report.items() if k not in ("calibration_prompts",)}
         if warning := size_warning(model, images):

@@ -30,8 +30,8 @@ def short_layer_name(name: str) -> str:
     return ".".join(p for p in parts if p not in ("attentions", "diffusion_model", "1"))[-28:]
 
 
-def neuron_map(rows: dict[str, torch.Tensor], sizes: dict[str, int], title: str = "selected K/V rows") -> np.ndarray:
-    """One strip per K/V layer; a lit cell is a selected row (rows binned to at most 256 columns)."""
+def neuron_map(rows: dict[str, torch.Tensor], sizes: dict[str, int], title: str = "selected rows") -> np.ndarray:
+    """One strip per layer; a lit cell is a selected row (rows binned to at most 256 columns)."""
     plt = _plt()
     names = list(sizes)
     width = min(256, max(sizes.values()))

@@ -22,7 +22,7 @@ def run_sequence(backend: Backend, concepts: list[ConceptSpec], out_dir, select_
                  progress=None, log=print) -> dict:
     out = Path(out_dir)
     memory = memory or ContinualMemory.for_model(backend, generic_prompt)
-    sizes = {l.name: l.weight.shape[0] for l in backend.kv_layers()}
+    sizes = {l.name: l.weight.shape[0] for l in backend.layers((select_cfg or SelectConfig()).parts)}
     report = {"concepts": []}
 
     def write_step(s: SequenceStep):

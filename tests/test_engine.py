@@ -54,13 +54,15 @@ def test_selection_masks_budget_and_seed():
     assert all(torch.equal(s1.rows[n], s2.rows[n]) for n in s1.rows)
     assert any(not torch.equal(s1.rows[n], s3.rows[n]) for n in s1.rows)
     r = s1.report
-    assert 0 < r["selected_rows"] <= r["budget_rows"]
+    assert 0 < r["selected_params"] <= r["budget_params"]
     assert r["selected_rows"] <= r["concept_rows_before_cap"] <= r["base_rows"]
     assert 0 <= r["base_general_overlap"] <= 1 and r["params_pct"] <= SEL.budget_pct + 1e-9
     assert sum(v["selected"] for v in r["per_layer"].values()) == r["selected_rows"]
     # a tighter budget caps the selection to exactly the budget, keeping the highest-scoring rows
     tight = select_concept_neurons(b, x0, "a sks", SelectConfig(**{**SEL.__dict__, "budget_pct": 0.2}), CAL)
-    assert tight.n_rows == tight.report["budget_rows"] < s1.n_rows
+    width = b.kv_layers()[0].weight.shape[1]
+    assert tight.report["selected_params"] == tight.report["budget_params"] // width * width
+    assert tight.n_rows < s1.n_rows
     act = select_concept_neurons(b, x0, "a sks", SelectConfig(**{**SEL.__dict__, "general_scoring": "activation"}), CAL)
     assert act.n_rows > 0
     assert 90 <= len(default_calibration_prompts()) <= 110

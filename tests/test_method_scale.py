@@ -12,7 +12,7 @@ from continual_concepts.core.dc_scores import DEFAULT_TEMPERATURE, dc_scores, me
 from continual_concepts.core.fisher import dc_fisher
 from continual_concepts.core.memory import ContinualMemory
 from continual_concepts.core.neurons import SelectConfig
-from continual_concepts.core.row_delta import RowDeltas, kv_in_dim, layer_rms
+from continual_concepts.core.row_delta import RowDeltas
 from continual_concepts.core.tiny_model import TinyModelSpec, build_tiny_components
 from continual_concepts.core.train import RowAnchors, TrainConfig, row_anchors, row_penalties, train_concept
 
@@ -31,7 +31,7 @@ def test_known_delta_gives_known_penalty():
     """Means over the selected elements: the same relative change costs the same whatever the selection's size."""
     for rows, width in ((10, 64), (1000, 768)):
         u = torch.full((rows, width), 0.1)
-        in_prev = torch.zeros(rows, dtype=torch.bool)
+        in_prev = torch.zeros(rows, width, dtype=torch.bool)
         in_prev[: rows // 2] = True
         offset = torch.zeros(rows, width)
         offset[: rows // 2] = -0.3  # shared rows sit 0.3 rms away from pretrained
@@ -41,7 +41,7 @@ def test_known_delta_gives_known_penalty():
         assert math.isclose(float(t["prev"]), 1.0 * 0.5 * 0.01, rel_tol=1e-5)
         assert math.isclose(float(t["base"]), 2.0 * (0.5 * 0.2**2 + 0.5 * 0.1**2), rel_tol=1e-5)
         assert math.isclose(float(t["ewc"]), 3.0 * 2.0 * 0.01, rel_tol=1e-5)
-    none_shared = row_penalties(u, RowAnchors(torch.zeros(rows, dtype=torch.bool), offset * 0, None), cfg)
+    none_shared = row_penalties(u, RowAnchors(in_prev & False, offset * 0, None), cfg)
     assert set(none_shared) == {"base"}
 
 
@@ -58,10 +58,10 @@ def test_pretrained_anchor_holds_shared_rows_after_three_concepts():
                       TrainConfig(steps=15, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, lr=0.1), CAL, rows=shared)
     drift = (layer.weight.detach()[shared[layer.name]] - w0)
     assert drift.abs().max() > 0
-    deltas = RowDeltas(shared, kv_in_dim(b), scale=layer_rms(b))
+    deltas = RowDeltas.on(b, shared)
     anchors = row_anchors(b, deltas, mem)
     assert anchors.in_prev.all()
-    assert torch.allclose(anchors.offset, drift / deltas.scale[layer.name], atol=1e-5)
+    assert torch.allclose(anchors.offset, (drift / deltas.scale[layer.name]).flatten(), atol=1e-5)
     x0 = b.encode_images(images(seed=2))
     free = train_concept(b, x0, "a qfv", "qfv", shared, mem, TrainConfig(steps=20, lam_prev=0, lam_base=0, lam_ewc=0,
                                                                           lam_dsc=0, lr=0.05))

@@ -8,7 +8,7 @@ import torch
 from continual_concepts.core.backends.diffusers_backend import DiffusersBackend
 from continual_concepts.core.denoise import denoise_error, draw_t_eps
 from continual_concepts.core.precision import compute_dtype
-from continual_concepts.core.row_delta import RowDeltas, all_rows, kv_in_dim, layer_rms
+from continual_concepts.core.row_delta import RowDeltas, all_rows
 from continual_concepts.core.tiny_model import TinyModelSpec, build_tiny_components
 from continual_concepts.core.train import TrainConfig, train_concept
 
@@ -22,7 +22,7 @@ def _backend(held):
 def _row_grads(held, precision, loss_scale=1.0):
     b = _backend(held)
     b.set_compute_dtype(compute_dtype(precision, b.device))
-    d = RowDeltas(all_rows(b), kv_in_dim(b), b.device, scale=layer_rms(b))
+    d = RowDeltas.on(b, all_rows(b), b.device)
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(4, 4, S, S, generator=gen)
     with d.applied(b):

@@ -8,7 +8,7 @@ from continual_concepts.core.denoise import denoise_error
 from continual_concepts.core.fisher import dc_fisher
 from continual_concepts.core.neurons import SelectConfig, taylor_scores
 from continual_concepts.core.tiny_model import TinyModelSpec, build_tiny_components
-from continual_concepts.core.weight_grads import kv_weight_grads
+from continual_concepts.core.weight_grads import weight_grads
 
 
 def backend():
@@ -42,7 +42,7 @@ def test_taps_give_every_kv_weight_gradient_and_nothing_trains():
     b = backend()
     ref = autograd_weight_grads(b)
     got = {}
-    with kv_weight_grads(b, lambda n, g: got.__setitem__(n, got.get(n, 0) + g)):
+    with weight_grads(b, [l.name for l in b.kv_layers()], lambda n, g: got.__setitem__(n, got.get(n, 0) + g)):
         loss_of(b).backward()
     assert set(got) == set(ref)
     for n in ref:

@@ -46,12 +46,16 @@ class UnsupportedModelError(ValueError):
     """The model has no cross-attention K/V projections (or is of a family we cannot train)."""
 
 
+PARTS = ("kv", "qkvo")  # which cross-attention projections neurons are chosen from (SelectConfig.parts)
+
+
 @dataclass(frozen=True)
-class KVLayer:
-    """One cross-attention key or value projection: its rows are the 'neurons'."""
+class ProjectionLayer:
+    """One cross-attention projection: its rows are the 'neurons'. K/V read the text context; Q and the output
+    projection read the image features (their rows have the block's width)."""
 
     name: str  # backend-native dotted module name, stable across runs
-    kind: str  # "k" or "v"
+    kind: str  # "q", "k", "v" or "o" (output projection)
     weight: torch.Tensor  # live [out, in] weight of the model as it is now (never written by core)
 
 
@@ -65,8 +69,18 @@ class Backend(ABC):
     dtype: torch.dtype
 
     @abstractmethod
-    def kv_layers(self) -> list[KVLayer]:
-        """All cross-attention K/V linears, in a fixed order."""
+    def projection_layers(self) -> list[ProjectionLayer]:
+        """Every cross-attention projection (Q, K, V, output), in a fixed order."""
+
+    def kv_layers(self) -> list[ProjectionLayer]:
+        """The cross-attention K/V projections (what the model fingerprint hashes)."""
+        return self.layers("kv")
+
+    def layers(self, parts: str) -> list[ProjectionLayer]:
+        """The projections whose kind is in `parts` (e.g. "kv", "qkvo")."""
+        if parts not in PARTS:
+            raise ValueError(f"parts must be one of {', '.join(PARTS)} (got {parts!r})")
+        return [l for l in self.projection_layers() if l.kind in parts]
 
     @abstractmethod
     def set_weight_fn(self, layer: str, fn: WeightFn | None) -> None:

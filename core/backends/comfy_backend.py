@@ -9,7 +9,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 
-from .base import Backend, KVLayer, UnsupportedModelError, row_delta_hook
+from .base import Backend, ProjectionLayer, UnsupportedModelError, row_delta_hook
 
 def model_type_name(model) -> str:
     cfg = getattr(model.model, "model_config", None)
@@ -83,9 +83,10 @@ class ComfyBackend(Backend):
         name = model_type_name(model)
         dm = getattr(model.model, "diffusion_model", None)
         self.mp, self.clip, self.vae, self.dm = model, clip, vae, dm
-        self._layers = [KVLayer(f"diffusion_model.{n}", n[-1], m.weight) for n, m in (dm.named_modules() if dm else [])
-                        if n.endswith(("attn2.to_k", "attn2.to_v"))]
-        if not self._layers:
+        kinds = {"attn2.to_q": "q", "attn2.to_k": "k", "attn2.to_v": "v", "attn2.to_out.0": "o"}
+        self._layers = [ProjectionLayer(f"diffusion_model.{n}", kinds[n[n.rindex("attn2"):]], m.weight)
+                        for n, m in (dm.named_modules() if dm else []) if n.endswith(tuple(kinds))]
+        if not any(l.kind == "k" for l in self._layers):
             raise UnsupportedModelError(
                 f"{name} ({type(dm).__name__}) has no cross-attention key/value projections: continual concept "
                 "training needs a text-conditioned UNet (SD1.x / SD2.x / SDXL); DiT families (SD3, Flux, ...) are "
@@ -145,8 +146,8 @@ class ComfyBackend(Backend):
     def layer_module(self, layer):
         return self.mp.model.get_submodule(layer)
 
-    def kv_layers(self):
-        return [KVLayer(l.name, l.kind, self.layer_module(l.name).weight) for l in self._layers]
+    def projection_layers(self):
+        return [ProjectionLayer(l.name, l.kind, self.layer_module(l.name).weight) for l in self._layers]
 
     def set_weight_fn(self, layer, fn):
         self.layer_module(layer).weight_function = [fn] if fn is not None else []

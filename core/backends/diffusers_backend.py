@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .base import Backend, KVLayer, UnsupportedModelError, WeightFn, row_delta_hook
+from .base import Backend, ProjectionLayer, UnsupportedModelError, WeightFn, row_delta_hook
 
 
 class _Fn(nn.Module):
@@ -46,7 +46,7 @@ class DiffusersBackend(Backend):
         self.tokenizer, self.scheduler = tokenizer, scheduler
         self.prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
         self._abar = scheduler.alphas_cumprod.to(self.device, torch.float32)
-        self._layers = self._find_kv()
+        self._layers = self._find_projections()
         self._row_hooks: dict = {}
         self._tokens = _TokenOverride(self.text_encoder.get_input_embeddings())
 
@@ -71,13 +71,12 @@ class DiffusersBackend(Backend):
             dtype,
         )
 
-    def _find_kv(self) -> list[KVLayer]:
+    def _find_projections(self) -> list[ProjectionLayer]:
         layers = []
         for name, mod in self.unet.named_modules():
             if getattr(mod, "is_cross_attention", False) and hasattr(mod, "to_k"):
-                for kind in ("k", "v"):
-                    lin = getattr(mod, f"to_{kind}")
-                    layers.append(KVLayer(f"{name}.to_{kind}", kind, lin.weight))
+                for kind, attr in (("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("o", "to_out.0")):
+                    layers.append(ProjectionLayer(f"{name}.{attr}", kind, mod.get_submodule(attr).weight))
         if not layers:
             raise UnsupportedModelError(
                 f"{type(self.unet).__name__} has no cross-attention key/value projections: "
@@ -88,8 +87,8 @@ class DiffusersBackend(Backend):
     def layer_module(self, layer: str) -> nn.Linear:
         return self.unet.get_submodule(layer)
 
-    def kv_layers(self):
-        return [KVLayer(l.name, l.kind, self._weight(l.name)) for l in self._layers]
+    def projection_layers(self):
+        return [ProjectionLayer(l.name, l.kind, self._weight(l.name)) for l in self._layers]
 
     def _weight(self, layer):
         mod = self.layer_module(layer)

@@ -15,7 +15,7 @@ from conftest import run_node_ui
 
 def test_select_reports_and_pictures(trained):
     rep = json.loads(trained["report"])
-    assert 0 < rep["selected_rows"] <= rep["budget_rows"]
+    assert 0 < rep["selected_params"] <= rep["budget_params"]
     assert "64×64 px, far below this model's native 512 px" in rep["warning"]  # the fixture trains on 64 px images
     assert trained["nmap"].ndim == 4 and trained["nmap"].shape[-1] == 3
 

@@ -46,7 +46,7 @@ def test_pooled_vector_rides_in_the_context_and_conditions_the_unet(sdxl):
 
 def test_select_and_train_on_sdxl_patch_only_kv_rows_and_both_token_rows(sdxl):
     rep = json.loads(sdxl["report"])
-    assert 0 < rep["selected_rows"] <= rep["budget_rows"]
+    assert 0 < rep["selected_params"] <= rep["budget_params"]
     model, m2, c2 = sdxl["model"], sdxl["m2"], sdxl["c2"]
     assert not model.patches and not sdxl["clip"].patcher.patches, "inputs got patches"
     assert m2.patches and all("attn2.to_k" in k or "attn2.to_v" in k for k in m2.patches)
