@@ -7,7 +7,7 @@ Definitions (DESIGN §2; [assumption] where the CNS paper is silent):
   importance (Taylor)   s_r = E_{draws} | <W_r, dL_diff/dW_r> |   on the concept images
   importance (activation, general only)  a_r = mean_positions | W_r . e |   text only
   base     = top rho_base of rows by s (ranked across layers after dividing by each layer's mean)
-  general  = rows in the per-prompt top set for >= tau of the calibration prompts
+  general  = rows in the per-prompt top set for >= tau of the calibration prompts (none with 0 prompts)
   concept  = base AND NOT general, capped to the budget (% of UNet parameters; a row costs its input width)
              by score
 """
@@ -31,7 +31,7 @@ class SelectConfig:
     rho_base: float = 0.10  # fraction of all K/V rows that are "base"
     rho_general: float | None = None  # per-prompt top fraction for "general" (None: = rho_base)
     tau: float = 0.5  # a row is general if top for >= tau of the prompts
-    n_calibration: int = 20
+    n_calibration: int = 20  # 0: no general filter (every high-scoring row may be chosen), no calibration passes
     general_scoring: str = "taylor"  # or "activation" (text only, no images)
     n_draws: int = 4  # (t, eps) draws per score
     batch_size: int = 8
@@ -116,7 +116,7 @@ def select_concept_neurons(
     """Score, mask and cap. `progress(i, total)` is called after each scoring pass (may raise to cancel)."""
     cfg = cfg or SelectConfig()
     backend.layers(cfg.parts)  # validates parts
-    if cfg.general_scoring == "activation" and cfg.parts != "kv":
+    if cfg.general_scoring == "activation" and cfg.parts != "kv" and cfg.n_calibration:
         raise ValueError("general_scoring 'activation' reads the text only, so it scores K/V rows: use parts 'kv', "
                          "or 'taylor' scoring with parts 'qkvo'")
     if len(x0) == 0:
@@ -136,7 +136,7 @@ def select_concept_neurons(
             counts[n] += m.float()
         if progress:
             progress(2 + i, total)
-    general = {n: counts[n] >= cfg.tau * len(prompts) for n in counts}
+    general = {n: (counts[n] >= cfg.tau * len(prompts)) & bool(prompts) for n in counts}
     concept = {n: base[n] & ~general[n] for n in base}
 
     width = {l.name: l.weight.shape[1] for l in backend.layers(cfg.parts)}

@@ -2,7 +2,6 @@
 every concept learned so far: the numbers only (report/sequence.py writes them, with pictures, to a folder)."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 

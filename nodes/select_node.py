@@ -1,4 +1,4 @@
-"""Select Concept Neurons: which K/V rows to train for a concept (thin wrapper over core.neurons)."""
+"""Select Concept Neurons: which cross-attention rows to train for a concept (thin wrapper over core.neurons)."""
 from __future__ import annotations
 
 import json
@@ -18,7 +18,7 @@ class SelectConceptNeurons(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ContinualConcepts_SelectConceptNeurons", display_name="Select Concept Neurons", category=CATEGORY,
-            description="Find the cross-attention K/V rows that respond to the concept but not to generic prompts (CNS).",
+            description="Find the cross-attention rows (K/V, or all four projections) that respond to the concept but not to generic prompts (CNS).",
             inputs=[
                 io.Model.Input("model", tooltip="The model to personalise (SD1.x / SD2.x / SDXL)."),
                 io.Clip.Input("clip", tooltip="Its text encoder."),
@@ -27,7 +27,7 @@ class SelectConceptNeurons(io.ComfyNode):
                 io.String.Input("prompt", default="a photo of sks", tooltip="Prompt describing the concept, with the trigger word."),
                 io.String.Input("trigger", default="sks", tooltip="A rare word that is exactly one token; it will mean the concept."),
                 io.Float.Input("budget_pct", default=0.13, min=0.001, max=10.0, step=0.01, tooltip="At most this % of UNet parameters is trained (CNS: ~0.13 %)."),
-                io.Int.Input("calibration_prompts", default=20, min=1, max=100, tooltip="How many generic prompts decide which rows are 'general'."),
+                io.Int.Input("calibration_prompts", default=20, min=0, max=100, tooltip="How many generic prompts decide which rows are 'general' (and never trained). 0: no such filter, every high-scoring row may be chosen (no calibration passes)."),
                 io.Combo.Input("general_scoring", options=["taylor", "activation"], tooltip="taylor: gradients on your images with generic prompts; activation: text only, faster."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Seed for timesteps, noise and the prompt sample."),
@@ -38,6 +38,11 @@ class SelectConceptNeurons(io.ComfyNode):
                                tooltip="Arithmetic of the model while scoring. auto: bf16 on a GPU that has it, else "
                                        "fp32 (fp16 is not offered: scores are gradients, and unscaled fp16 loses "
                                        "small ones)."),
+                io.Combo.Input("layers", options=["kv", "qkvo"], default="kv", optional=True,
+                               tooltip="Which cross-attention projections rows come from. kv: keys and values, as "
+                                       "CNS and Custom Diffusion train (the text side). qkvo: also queries and output "
+                                       "projections (the image side), which learn more of a new look "
+                                       "(bench/RESULTS.md); taylor scoring only."),
             ],
             outputs=[Neurons.Output(display_name="neurons"), io.Image.Output(display_name="neuron_map"),
                      io.String.Output(display_name="report")],
@@ -45,11 +50,11 @@ class SelectConceptNeurons(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, images, prompt, trigger, budget_pct, calibration_prompts, general_scoring,
-                seed, batch_size=4, memory=None, precision="auto") -> io.NodeOutput:
+                seed, batch_size=4, memory=None, precision="auto", layers="kv") -> io.NodeOutput:
         images = check_image_batch(images)
         check_trigger_in_prompt(prompt, trigger)
         cfg = SelectConfig(budget_pct=budget_pct, n_calibration=calibration_prompts, general_scoring=general_scoring, seed=seed,
-                           batch_size=batch_size)
+                           batch_size=batch_size, parts=layers)
         with training_backend(model, clip, vae) as b:
             b.trigger_token_id(trigger)
             b.set_compute_dtype(compute_dtype(precision, b.device))

@@ -11,7 +11,6 @@ from continual_concepts.core.continual import learn_concept
 from continual_concepts.core.dc_scores import DEFAULT_TEMPERATURE, dc_scores, mean_entropy
 from continual_concepts.core.fisher import dc_fisher
 from continual_concepts.core.memory import ContinualMemory
-from continual_concepts.core.neurons import SelectConfig
 from continual_concepts.core.row_delta import RowDeltas
 from continual_concepts.core.tiny_model import TinyModelSpec, build_tiny_components
 from continual_concepts.core.train import RowAnchors, TrainConfig, row_anchors, row_penalties, train_concept

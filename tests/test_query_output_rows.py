@@ -67,3 +67,24 @@ def test_learned_query_and_output_rows_bake_save_and_apply(tmp_path):
     # a second concept on the same rows: penalties see them as earlier concepts' rows, with their Fisher
     anchors = row_anchors(b, RowDeltas.on(b, out.record.rows), mem)
     assert anchors.in_prev.all() and anchors.fisher is not None and anchors.fisher.shape == anchors.offset.shape
+
+
+def test_no_calibration_prompts_means_no_general_filter():
+    """n_calibration 0: no row is 'general', so the selection is the top-scoring rows within the budget, with one
+    scoring pass instead of 1 + prompts."""
+    b = backend()
+    x0 = b.encode_images(images())
+    calls = []
+    cfg = SelectConfig(**{**SEL.__dict__, "n_calibration": 0, "rho_base": 1.0})
+    sel = select_concept_neurons(b, x0, "a sks", cfg, CAL, progress=lambda i, t: calls.append((i, t)))
+    assert calls == [(1, 1)] and sel.report["general_rows"] == 0
+    width = {l.name: l.weight.shape[1] for l in b.projection_layers()}
+    ranked = sorted(((float(s), n, r) for n, sc in sel.scores.items() for r, s in enumerate(sc)),
+                    key=lambda c: (-c[0], c[1], c[2]))
+    want, used = {}, 0
+    for _, n, r in ranked:
+        if used + width[n] > sel.report["budget_params"]:
+            break
+        want.setdefault(n, []).append(r)
+        used += width[n]
+    assert {n: sorted(v) for n, v in want.items()} == {n: r.tolist() for n, r in sel.rows.items() if len(r)}

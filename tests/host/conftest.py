@@ -81,7 +81,7 @@ def lora_kv():
 def teach():
     """Select Concept Neurons + Continual Train Step (3 steps, every regulariser on) on one model, as a graph
     would run them (under inference_mode); returns everything the tests look at."""
-    def run(model, clip, vae, budget_pct: float) -> dict:
+    def run(model, clip, vae, budget_pct: float, layers: str = "kv") -> dict:
         import torch
 
         from continual_concepts.nodes.select_node import SelectConceptNeurons
@@ -92,7 +92,7 @@ def teach():
         with torch.inference_mode():
             neurons, nmap, report = SelectConceptNeurons.execute(
                 model=model, clip=clip, vae=vae, images=images, prompt="a photo of sks", trigger="sks",
-                budget_pct=budget_pct, calibration_prompts=2, general_scoring="taylor", seed=0).args
+                budget_pct=budget_pct, calibration_prompts=2, general_scoring="taylor", seed=0, layers=layers).args
             m2, c2, mem, loss = ContinualTrainStep.execute(
                 model=model, clip=clip, vae=vae, images=images, neurons=neurons, prompt="a photo of sks",
                 trigger="sks", name="a", steps=3, lr=1e-2, lam_prev=1.0, lam_base=0.1, lam_ewc=1.0, lam_dsc=1.0,

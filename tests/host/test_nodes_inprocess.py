@@ -392,3 +392,31 @@ def test_flip_is_on_by_default_and_changes_what_is_trained(trained):
               lam_ewc=0, lam_dsc=0, dc_every=1, seed=0, batch_size=4, gradient_checkpointing="off")
     flipped, plain = (run(ContinualTrainStep, **kw, **extra)[2].concepts[-1] for extra in ({}, {"flip": False}))
     assert any(not torch.equal(d, plain.delta[n]) for n, d in flipped.delta.items())
+
+
+def test_query_and_output_rows_patch_apply_and_export_as_lora(loaded, teach):
+    """layers='qkvo' on ComfyUI's real model: Q and output-projection rows (which read the image width) are selected,
+    trained and returned as `diff` patches on the clone only; Apply Concept Memory rebuilds the same patches on the
+    base model, and the LoRA export maps every key in the stock loader."""
+    import comfy.sd
+
+    from continual_concepts.nodes.apply_node import ApplyConceptMemory
+    from continual_concepts.nodes.merge_node import lora_tensors
+
+    model, clip, vae = loaded
+    out = teach(model, clip, vae, budget_pct=1.0, layers="qkvo")
+    m2, mem = out["m2"], out["mem"]
+    assert not model.patches and not clip.patcher.patches, "the input model got patches"
+    kinds = {k.split("attn2.")[1] for k in m2.patches}
+    assert {"to_q.weight", "to_out.0.weight"} <= kinds <= {"to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight"}
+    for k, plist in m2.patches.items():
+        nz = plist[0][1][0].abs().sum(1).nonzero().flatten().tolist()
+        assert nz and set(nz) <= set(out["neurons"].rows[k[: -len(".weight")]].tolist()), k
+    m3, _ = run(ApplyConceptMemory, model=model, clip=clip, memory=mem)[:2]
+    assert set(m3.patches) == set(m2.patches)
+    assert all(torch.allclose(m3.patches[k][0][1][0], m2.patches[k][0][1][0]) for k in m2.patches)
+    sd = model.model.state_dict()
+    lora = lora_tensors(mem.concepts[0], {k[: -len(".weight")]: v.shape[0] for k, v in sd.items()})
+    with torch.inference_mode():
+        patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    assert len(patched.patches) == len(lora) // 3, "the stock LoRA loader did not map every Q/output key"
