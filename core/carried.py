@@ -76,7 +76,7 @@ def concept_states(memory: ContinualMemory, weights: dict[str, torch.Tensor],
         err_m = max(float((offset[n][p].abs() - tol[n][p]).max()) for n, p in own.items())
         if min(err_c, err_m) > 0:
             raise MemoryMismatchError(
-                f"memory: concept '{memory.concepts[k].name}': the model's K/V rows equal neither the pretrained rows "
+                f"memory: concept '{memory.concepts[k].name}': the model's trained rows equal neither the pretrained rows "
                 "nor pretrained + this concept's change (a model or memory from another run?)")
         states[k] = CARRIED if err_c <= err_m else MISSING
     decided = {k for k, s in states.items() if s == CARRIED}
@@ -86,12 +86,12 @@ def concept_states(memory: ContinualMemory, weights: dict[str, torch.Tensor],
         fits = [set(sub) for r in range(len(undecided) + 1) for sub in itertools.combinations(undecided, r)
                 if explains(decided | set(sub), where)] if len(undecided) <= 12 else []
         if not fits:
-            raise MemoryMismatchError("memory: the model's K/V rows shared by several concepts fit no combination of "
+            raise MemoryMismatchError("memory: the model's rows shared by several concepts fit no combination of "
                                       f"them ({', '.join(memory.concepts[k].name for k in undecided)})")
         for k in undecided:
             states[k] = CARRIED if k in fits[-1] else MISSING
     if not explains({k for k, s in states.items() if s == CARRIED}):
-        raise MemoryMismatchError("memory: the model's K/V rows fit no combination of this memory's concepts")
+        raise MemoryMismatchError("memory: the model's trained rows fit no combination of this memory's concepts")
     for k, c in enumerate(memory.concepts):
         row = (token_rows or {}).get(c.trigger)
         if c.token is None or row is None:
@@ -99,7 +99,7 @@ def concept_states(memory: ContinualMemory, weights: dict[str, torch.Tensor],
         has = _fits(row.float().cpu() - c.token.float(), _tol(c.token.float()))
         if has != (states[k] == CARRIED):
             raise MemoryMismatchError(
-                f"memory: concept '{c.name}': its K/V rows are {states[k]} but the trigger '{c.trigger}' token "
+                f"memory: concept '{c.name}': its rows are {states[k]} but the trigger '{c.trigger}' token "
                 f"{'is' if has else 'is not'} the learned one")
     return {c.name: states[k] for k, c in enumerate(memory.concepts)}
 

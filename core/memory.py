@@ -182,7 +182,7 @@ class ContinualMemory:
         elif all(torch.allclose(cur[n], final[n], atol=1e-3, rtol=1e-3) for n in cur):
             state = "already"
         else:
-            raise MemoryMismatchError("the model's K/V rows match neither the base model nor the memory's merged state")
+            raise MemoryMismatchError("the model's trained rows match neither the base model nor the memory's merged state")
         for c in self.concepts:
             if c.token is not None:
                 backend.set_token_row(c.trigger, c.token)

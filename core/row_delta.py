@@ -1,6 +1,6 @@
-"""The trainable state of one concept: the selected K/V rows of every layer as ONE compact tensor.
+"""The trainable state of one concept: the selected cross-attention rows of every layer as ONE compact tensor.
 
-Optimizer state is therefore sized to the selected rows, never to whole K/V matrices; the frozen
+Optimizer state is therefore sized to the selected rows, never to whole weight matrices; the frozen
 weights are only read (the backend adds the delta in output space, or builds W.index_add(0, rows, delta)).
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ class ApplyConceptMemory(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ContinualConcepts_ApplyConceptMemory", display_name=APPLY_NODE, category=CATEGORY,
-            description="Patch the memory's concepts (K/V rows and trigger tokens) onto a model made from the same base "
+            description="Patch the memory's concepts (cross-attention rows and trigger tokens) onto a model made from the same base "
                         "model, each at its strength; concepts it already carries are kept. The memory output is the "
                         "one the patched model carries (changes scaled, concepts at 0 left out): connect it to Merge "
                         "or Train downstream. The inputs are left as they were.",

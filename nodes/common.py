@@ -17,7 +17,7 @@ CATEGORY = "continual_concepts"
 Neurons = io.Custom("CC_NEURONS")
 Memory = io.Custom("CC_CONCEPT_MEMORY")
 STRENGTH_TOOLTIP = (f"Per-concept strength, {LOW:g} to {HIGH:g}: {SYNTAX}; empty = all 1. 0 = the model without that "
-                    "concept, 1 = as learned: it scales the concept's K/V row change and blends its trigger token "
+                    "concept, 1 = as learned: it scales the concept's row change and blends its trigger token "
                     "between the original and the learned embedding.")
 
 
@@ -89,7 +89,7 @@ def progress(total: int, describe=None):
 
 
 def patched_model(model, deltas: dict) -> object:
-    """model.clone() + one `diff` patch per K/V layer holding only the selected rows' deltas."""
+    """model.clone() + one `diff` patch per trained cross-attention layer holding only the selected rows' deltas."""
     out = model.clone()
     sd = out.model.state_dict()
     patches = {}
@@ -100,7 +100,7 @@ def patched_model(model, deltas: dict) -> object:
         patches[key] = (diff,)
     accepted = out.add_patches(patches)
     if len(accepted) != len(patches):
-        raise RuntimeError(f"ComfyUI rejected {len(patches) - len(accepted)} K/V patches")
+        raise RuntimeError(f"ComfyUI rejected {len(patches) - len(accepted)} cross-attention patches")
     return out
 
 

@@ -18,7 +18,7 @@ class RemoveConcept(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ContinualConcepts_RemoveConcept", display_name="Remove Concept", category=CATEGORY,
-            description="Take one concept out of a model that carries the memory: its K/V row change is subtracted, "
+            description="Take one concept out of a model that carries the memory: its row change is subtracted, "
                         "its trigger token restored, and the memory returned without it. Exact unless a later "
                         "concept was trained on some of its rows: then those keep the later concept's change and the "
                         "report names it and how many rows it shares. The inputs are left as they were.",

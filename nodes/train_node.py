@@ -26,7 +26,7 @@ class ContinualTrainStep(io.ComfyNode):
         return io.Schema(
             node_id="ContinualConcepts_ContinualTrainStep", display_name="Continual Train Step (DC-regularized)",
             category=CATEGORY,
-            description="Train only the selected K/V rows (and the trigger word's embedding) with CNS, EWC-DC and DSC "
+            description="Train only the selected cross-attention rows (and the trigger word's embedding) with CNS, EWC-DC and DSC "
                         "regularisers. Returns a MODEL and a CLIP that carry the concept as patches; the inputs are "
                         "left as they were.",
             inputs=[
@@ -40,7 +40,7 @@ class ContinualTrainStep(io.ComfyNode):
                 io.String.Input("name", default="my-concept", tooltip="Name of the concept in the memory."),
                 io.Int.Input("steps", default=200, min=1, max=100000, tooltip="Optimisation steps (>= 1)."),
                 f("lr", default=TrainConfig.lr, min=1e-6, max=1.0, step=1e-4,
-                  tooltip="Learning rate of the row deltas, relative: a fraction of each K/V layer's weight RMS per "
+                  tooltip="Learning rate of the row deltas, relative: a fraction of each trained layer's weight RMS per "
                           "step, so one value fits SD1.5 and SDXL alike (the token's relative lr is fixed at "
                           f"{TrainConfig.token_lr})."),
                 f("lam_prev", default=1.0, min=0, max=1e6, step=0.01, tooltip="CNS: keep rows of earlier concepts (0 = off)."),

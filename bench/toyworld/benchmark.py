@@ -38,7 +38,7 @@ def _value(key: str, default, text: str):
     if isinstance(default, bool):
         return text.strip().lower() in ("1", "true", "yes", "on")
     try:
-        return type(default)(text.strip())
+        return (float if default is None else type(default))(text.strip())  # None defaults are optional floats
     except ValueError:
         raise SystemExit(f"'{key}': '{text.strip()}' is not a {type(default).__name__}") from None
 
