@@ -93,3 +93,18 @@ def test_benchmark_settings_parse_onto_select_and_train():
         parse_variant("x=lrr:1")
     with pytest.raises(SystemExit, match="'lr': 'fast' is not a float"):
         parse_variant("x=lr:fast")
+    _, sel, _ = parse_variant("x=parts:qkvo,rho_general:0.3,n_calibration:0")  # str, optional float, int
+    assert (sel.parts, sel.rho_general, sel.n_calibration) == ("qkvo", 0.3, 0)
+
+
+def test_concepts_picked_by_name_in_the_order_given():
+    """`--order` / `--concepts` of the toy tools: the named concepts in that order, 'all', or one error naming the
+    unknown ones."""
+    from continual_concepts.bench.toyworld.benchmark import pick_concepts
+    from continual_concepts.bench.toyworld.evaluate import ToyWorld
+
+    world = ToyWorld()
+    assert [s.name for s in pick_concepts(world, "framed-square, twin-dots")] == ["framed-square", "twin-dots"]
+    assert pick_concepts(world, "all") == world.concepts and len(world.concepts) == 8
+    with pytest.raises(SystemExit, match="'nope'"):
+        pick_concepts(world, "twin-dots,nope")

@@ -99,6 +99,8 @@ def one_concept_tool(ap: argparse.ArgumentParser, name: str, argv=None):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--concepts", type=int, default=8)
+    ap.add_argument("--order", default=None, help="the concepts to learn, comma-separated, in this order (default: "
+                                                  "the world's order)")
     ap.add_argument("--quick", action="store_true", help="5 concepts, no ceiling, diagonal + final accuracy only")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the ceilings (e.g. measured by another run)")
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -113,6 +115,8 @@ def main(argv=None) -> int:
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]  # none: ceilings only
     out = Path(a.out or f"out/bench-toy-{time.strftime('%Y%m%d-%H%M%S')}")
     world = ToyWorld(n_concepts=5 if a.quick else a.concepts)
+    if a.order:
+        world.concepts = pick_concepts(ToyWorld(), a.order)
     _, select, train = parse_variant("=" + a.set)
     train = replace(train, steps=a.steps or train.steps)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
