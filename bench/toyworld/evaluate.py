@@ -48,11 +48,18 @@ class ToyWorld:
     def _generate(self, backend, prompts, seed):
         return sample(backend, prompts, steps=STEPS, guidance=GUIDANCE, seed=seed)
 
-    def _accuracy(self, backend, name: str, contexts: list[str]) -> float:
-        """Fraction of len(seeds) x per_seed generations, spread evenly over the context prompts, judged `name`."""
+    def _verdicts(self, backend, contexts: list[str]) -> list[str]:
+        """The oracle's shape class of len(seeds) x per_seed generations, spread evenly over the context prompts."""
         prompts = [contexts[i % len(contexts)] for i in range(self.per_seed)]
-        pred = [p for s in self.seeds for p in classify(self.oracle, self._generate(backend, prompts, s))["shape"]]
+        return [p for s in self.seeds for p in classify(self.oracle, self._generate(backend, prompts, s))["shape"]]
+
+    def _accuracy(self, backend, name: str, contexts: list[str]) -> float:
+        pred = self._verdicts(backend, contexts)
         return sum(p == name for p in pred) / len(pred)
+
+    def heldout_verdicts(self, backend, spec: ConceptSpec) -> list[str]:
+        """What the concept's held-out generations are judged to be (concept_accuracy counts its own name)."""
+        return self._verdicts(backend, spec.eval_prompts)
 
     def samples_per_concept(self) -> int:
         return self.per_seed * len(self.seeds)
