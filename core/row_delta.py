@@ -103,9 +103,9 @@ def weight_rms(w: torch.Tensor) -> float:
     return float(w.detach().float().pow(2).mean().sqrt().clamp_min(1e-12))
 
 
-def all_rows(backend: Backend, parts: str = "kv") -> dict[str, torch.Tensor]:
-    """Every row of every projection in `parts` (dense: for the Custom-Diffusion baseline and tests)."""
-    return {l.name: torch.arange(l.weight.shape[0]) for l in backend.layers(parts)}
+def all_rows(backend: Backend) -> dict[str, torch.Tensor]:
+    """Every K/V row of every layer (dense: for the Custom-Diffusion baseline and tests)."""
+    return {l.name: torch.arange(l.weight.shape[0]) for l in backend.kv_layers()}
 
 
 def row_params(backend: Backend, rows: dict[str, torch.Tensor]) -> int:
