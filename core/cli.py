@@ -74,6 +74,7 @@ def cmd_select(a):
     from .images import load_image_folder
     from .memory import ContinualMemory
     from .neurons import SelectConfig, select_concept_neurons
+    from .row_delta import row_counts
 
     b = load_backend(a.model)
     images = load_image_folder(a.images, a.size, a.fit)
@@ -84,15 +85,15 @@ def cmd_select(a):
     out = Path(a.out)
     if out.exists():
         raise FileExistsError(f"--out: {out} already exists: refusing to overwrite")
-    sel = select_concept_neurons(b, b.encode_images(images), a.prompt, _cfg(SelectConfig, a),
-                                 prev_rows=mem.prev_rows() if mem else None)
+    cfg = _cfg(SelectConfig, a)
+    sel = select_concept_neurons(b, b.encode_images(images), a.prompt, cfg, prev_rows=mem.prev_rows() if mem else None)
     from safetensors.torch import save_file
 
     from .atomic_io import atomic_write
 
     t = {n: r.contiguous() for n, r in sel.rows.items() if len(r)}
     atomic_write(out, lambda tmp: save_file(t, tmp, metadata={"report": json.dumps(sel.report)}))
-    save_png(out.with_suffix(".png"), neuron_map(sel.rows, {l.name: l.weight.shape[0] for l in b.layers(sel.report["config"]["parts"])}))
+    save_png(out.with_suffix(".png"), neuron_map(sel.rows, row_counts(b, cfg.parts)))
     print(json.dumps({k: v for k, v in sel.report.items() if k not in ("per_layer", "calibration_prompts")}))
     del torch
 

@@ -21,6 +21,7 @@ import torch
 
 from .backends.base import Backend
 from .denoise import denoise_error, draw_t_eps
+from .row_delta import input_widths
 from .weight_grads import weight_grads
 
 
@@ -139,7 +140,7 @@ def select_concept_neurons(
     general = {n: (counts[n] >= cfg.tau * len(prompts)) & bool(prompts) for n in counts}
     concept = {n: base[n] & ~general[n] for n in base}
 
-    width = {l.name: l.weight.shape[1] for l in backend.layers(cfg.parts)}
+    width = input_widths(backend, cfg.parts)
     unet_params = backend.unet_param_count()
     budget = max(min(width.values()), int(cfg.budget_pct / 100 * unet_params))
     cand = [(float(base_s[n][r]), n, int(r)) for n in concept for r in concept[n].nonzero().flatten()]

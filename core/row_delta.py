@@ -108,7 +108,17 @@ def all_rows(backend: Backend) -> dict[str, torch.Tensor]:
     return {l.name: torch.arange(l.weight.shape[0]) for l in backend.kv_layers()}
 
 
+def row_counts(backend: Backend, parts: str = "qkvo") -> dict[str, int]:
+    """Rows of every projection in `parts` (a neuron map's strips, a LoRA's output size)."""
+    return {l.name: l.weight.shape[0] for l in backend.layers(parts)}
+
+
+def input_widths(backend: Backend, parts: str = "qkvo") -> dict[str, int]:
+    """The input width of every projection in `parts`: what one of its rows costs in parameters."""
+    return {l.name: l.weight.shape[1] for l in backend.layers(parts)}
+
+
 def row_params(backend: Backend, rows: dict[str, torch.Tensor]) -> int:
     """How many weights the rows hold (rows x the layer's input width, summed)."""
-    width = {l.name: l.weight.shape[1] for l in backend.projection_layers()}
+    width = input_widths(backend)
     return sum(len(r) * width[n] for n, r in rows.items())

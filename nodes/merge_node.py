@@ -12,6 +12,7 @@ from ..core.atomic_io import atomic_write, next_free, resolve_prefix
 from ..core.backends.comfy_backend import token_parts
 from ..core.carried import CARRIED, require_carried
 from ..core.export import row_delta_as_lora, save_embedding
+from ..core.row_delta import row_counts
 from ..core.strength import parse_strengths
 from .common import CATEGORY, STRENGTH_TOOLTIP, Memory, at_strengths, reading_backend
 from .memory_nodes import memory_dir
@@ -93,7 +94,7 @@ class MergeIntoCheckpoint(io.ComfyNode):
         strengths = parse_strengths(strength, memory)
         with reading_backend(model, clip) as b:
             require_carried(memory, b)
-            dims = {l.name: l.weight.shape[0] for l in b.projection_layers()}
+            dims = row_counts(b)
             if any(s != 1 for s in strengths.values()):
                 states = {c.name: CARRIED for c in memory.concepts}
                 model, clip, memory = at_strengths(model, clip, b, memory, states, strengths)

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 from ..core.images import check_image_batch
 from ..core.neurons import SelectConfig, default_calibration_prompts, select_concept_neurons
 from ..core.precision import compute_dtype
+from ..core.row_delta import row_counts
 from ..core.validate import check_trigger_in_prompt
 from ..report.pictures import neuron_map
 from .common import CATEGORY, Memory, Neurons, image, progress, size_warning, training_backend
@@ -64,7 +65,7 @@ class SelectConceptNeurons(io.ComfyNode):
             sel = select_concept_neurons(b, b.encode_images(images), prompt, cfg,
                                          prev_rows=memory.prev_rows() if memory else None,
                                          progress=progress(passes, lambda i, t: f"scoring pass {i}/{t}"))
-            sizes = {l.name: l.weight.shape[0] for l in b.layers(cfg.parts)}
+            sizes = row_counts(b, cfg.parts)
         pic = image(neuron_map(sel.rows, sizes, f"concept neurons for '{trigger}'"))
         rep = {k: v for k, v in sel.report.items() if k not in ("calibration_prompts",)}
         if warning := size_warning(model, images):

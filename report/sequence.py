@@ -10,6 +10,7 @@ from ..core.backends.base import Backend
 from ..core.export import save_concept_delta, save_embedding
 from ..core.memory import ContinualMemory
 from ..core.neurons import SelectConfig
+from ..core.row_delta import row_counts
 from ..core.sampling import sample
 from ..core.sequence import ConceptSpec, SequenceStep, learn_sequence, sequence_summary
 from ..core.train import TrainConfig
@@ -22,7 +23,7 @@ def run_sequence(backend: Backend, concepts: list[ConceptSpec], out_dir, select_
                  progress=None, log=print) -> dict:
     out = Path(out_dir)
     memory = memory or ContinualMemory.for_model(backend, generic_prompt)
-    sizes = {l.name: l.weight.shape[0] for l in backend.layers((select_cfg or SelectConfig()).parts)}
+    sizes = row_counts(backend, (select_cfg or SelectConfig()).parts)
     report = {"concepts": []}
 
     def write_step(s: SequenceStep):
