@@ -2,7 +2,7 @@
 restricted to the UNet weights a regex names, one concept at a time into the fresh toy model.
 
     python -m continual_concepts.bench.toyworld.parts --concepts striped-diamond,twin-dots \\
-        --parts "K/V=attn2\\.to_[kv]\\.;cross-attention=attn2\\.;whole UNet=" [--model DIR]
+        --parts "K/V=attn2\\.to_[kv]\\.;cross-attention=attn2\\.;whole UNet=" [--lr 2e-4] [--steps 300] [--model DIR]
 Tells whether the gap between K/V-only methods and the whole-UNet ceiling is in the K/V rows' recipe or in layers
 they cannot reach. `--sequence` instead fine-tunes the first part given concept after concept in one model (naive
 continual learning with those parts: what they cost in forgetting and base accuracy without a regulariser).
@@ -15,16 +15,18 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from ..ceiling import ceiling
+from dataclasses import replace
+
+from ..ceiling import CEILING_LR, ceiling
 from .benchmark import TRAIN, make_backend, one_concept_tool
 
 
-def sequence(world, specs, part: tuple[str, str], model, out: Path) -> dict:
+def sequence(world, specs, part: tuple[str, str], model, out: Path, train=TRAIN, lr: float = CEILING_LR) -> dict:
     """One model fine-tunes `part` (label, regex) concept after concept: accuracy right after each and at the end,
     forgetting, base accuracy before and after."""
     backend = make_backend(model)
     base_before = world.base_accuracy(backend)
-    right_after = [ceiling(lambda: backend, world, s, TRAIN, parts=part[1] or None)["heldout"] for s in specs]
+    right_after = [ceiling(lambda: backend, world, s, train, lr, parts=part[1] or None)["heldout"] for s in specs]
     final = [world.concept_accuracy(backend, s) for s in specs]
     r = {"parts": part[0], "regex": part[1], "concepts": [s.name for s in specs], "right_after": right_after,
          "final": final, "avg_final": sum(final) / len(final),
@@ -42,18 +44,21 @@ def main(argv=None) -> int:
     ap.add_argument("--parts", default="K/V=attn2\\.to_[kv]\\.;whole UNet=",
                     help="'label=regex;...' over UNet parameter names; an empty regex is the whole UNet")
     ap.add_argument("--sequence", action="store_true", help="the first part, concept after concept, in one model")
+    ap.add_argument("--lr", type=float, default=CEILING_LR, help="Adam lr on the fine-tuned weights (absolute)")
+    ap.add_argument("--steps", type=int, default=TRAIN.steps)
     a, out, world, specs = one_concept_tool(ap, "parts", argv)
+    train = replace(TRAIN, steps=a.steps)
     from ...report.pictures import heatmap, save_png
 
     parts = [tuple(p.split("=", 1)) for p in a.parts.split(";") if p.strip()]
     if a.sequence:
-        print(json.dumps(sequence(world, specs, parts[0], a.model, out)))
+        print(json.dumps(sequence(world, specs, parts[0], a.model, out, train, a.lr)))
         return 0
     rows = []
     for label, regex in parts:
         for spec in specs:
-            r = ceiling(partial(make_backend, a.model), world, spec, TRAIN, parts=regex or None)
-            rows.append({"parts": label, "regex": regex, "concept": spec.name, **r,
+            r = ceiling(partial(make_backend, a.model), world, spec, train, a.lr, parts=regex or None)
+            rows.append({"parts": label, "regex": regex, "lr": a.lr, "steps": a.steps, "concept": spec.name, **r,
                          "samples": world.samples_per_concept()})
             print(json.dumps(rows[-1]), file=sys.stderr)
             (out / "parts.json").write_text(json.dumps(rows, indent=2))
