@@ -95,6 +95,8 @@ def test_benchmark_settings_parse_onto_select_and_train():
         parse_variant("x=lr:fast")
     _, sel, _ = parse_variant("x=parts:qkvo,rho_general:0.3,n_calibration:0")  # str, optional float, int
     assert (sel.parts, sel.rho_general, sel.n_calibration) == ("qkvo", 0.3, 0)
+    _, sel, tr = parse_variant("x=seed:3")  # the run's seed: selection and training alike
+    assert (sel.seed, tr.seed) == (3, 3)
 
 
 def test_concepts_picked_by_name_in_the_order_given():

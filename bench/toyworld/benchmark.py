@@ -44,17 +44,17 @@ def _value(key: str, default, text: str):
 
 
 def parse_variant(text: str):
-    """'label=field:value,...' (or a bare label with no changes) -> (label, SelectConfig, TrainConfig)."""
+    """'label=field:value,...' (or a bare label with no changes) -> (label, SelectConfig, TrainConfig); 'seed' is the
+    selection's and the training's."""
     label, _, changes = text.partition("=")
     sel, tr = {}, {}
     for item in filter(None, (c.strip() for c in changes.split(","))):
         key, _, val = (x.strip() for x in item.partition(":"))
-        if hasattr(SELECT, key):
-            sel[key] = _value(key, getattr(SELECT, key), val)
-        elif hasattr(TRAIN, key):
-            tr[key] = _value(key, getattr(TRAIN, key), val)
-        else:
+        if not (hasattr(SELECT, key) or hasattr(TRAIN, key)):
             raise SystemExit(f"'{key}' is not a SelectConfig or TrainConfig field")
+        for cfg, changes in ((SELECT, sel), (TRAIN, tr)):  # a field both have (seed) is set in both
+            if hasattr(cfg, key):
+                changes[key] = _value(key, getattr(cfg, key), val)
     return label.strip(), replace(SELECT, **sel), replace(TRAIN, **tr)
 
 
