@@ -110,3 +110,27 @@ def test_concepts_picked_by_name_in_the_order_given():
     assert pick_concepts(world, "all") == world.concepts and len(world.concepts) == 8
     with pytest.raises(SystemExit, match="'nope'"):
         pick_concepts(world, "twin-dots,nope")
+
+
+def test_benchmark_seeds_run_each_method_once_per_seed_and_report_the_spread(monkeypatch, tmp_path, capsys):
+    """`--seeds N`: every method runs with selection and training seeds 0..N-1, each run is kept under its own name,
+    and the last line gives each method's mean and range over the seeds."""
+    import json
+
+    from continual_concepts.bench.toyworld import benchmark
+
+    runs = []
+
+    def fake_run(method, make_backend, world, sel, tr, **kw):
+        runs.append((method, sel.seed, tr.seed))
+        return {"method": method, "avg_acc": 0.5 + 0.1 * tr.seed}
+
+    monkeypatch.setattr(benchmark, "run_method", fake_run)
+    monkeypatch.setattr(benchmark, "write_outputs", lambda results, world, out: {"table": "", "results": results})
+    assert benchmark.main(["--methods", "cns,naive", "--seeds", "3", "--no-ceiling", "--concepts", "1",
+                           "--out", str(tmp_path)]) == 0
+    assert runs == [(m, s, s) for m in ("cns", "naive") for s in range(3)]
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["cns"]["avg_acc_by_seed"] == pytest.approx([0.5, 0.6, 0.7])
+    assert summary["cns"]["avg_acc_mean"] == pytest.approx(0.6) and summary["naive"]["avg_acc_range"] == pytest.approx(0.2)
+    assert "cns-seed2" in summary

@@ -1,7 +1,8 @@
 """`make bench-toy`: the continual benchmark on the toy world — every method, same seeds, same order, each reported
 beside the per-concept ceiling (a single-concept whole-UNet + token fine-tune on the same images).
 
-    python -m continual_concepts.bench.toyworld.benchmark [--concepts 8] [--methods cns,naive] [--quick] [--record]
+    python -m continual_concepts.bench.toyworld.benchmark [--concepts 8] [--methods cns,naive] [--seeds 3] [--quick]
+        [--record]
 Writes results.md, results.json, accuracy heatmaps and the method × concept sample grid to --out;
 --record also appends the table, dated, to bench/RESULTS.md. Last line: one JSON object."""
 from __future__ import annotations
@@ -69,6 +70,16 @@ def pick_concepts(world, names: str) -> list:
     return [by_name[n] for n in picked]
 
 
+def seed_spread(results: list[dict], methods: list[str], seeds: int) -> dict:
+    """Per method, its held-out mean over the training seeds, and their range (what one run's mean can miss by)."""
+    out = {}
+    for m in methods:
+        accs = [r["avg_acc"] for r in results if r["method"] in {f"{m}-seed{s}" for s in range(seeds)}]
+        out[m] = {"avg_acc_by_seed": accs, "avg_acc_mean": sum(accs) / len(accs),
+                  "avg_acc_range": max(accs) - min(accs)}
+    return out
+
+
 def make_backend(folder=None):
     return DiffusersBackend(**load_components(folder=folder))
 
@@ -108,6 +119,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--set", default="", help="settings other than SELECT/TRAIN's, e.g. 'token_lr:0.01,budget_pct:1'")
+    ap.add_argument("--seeds", type=int, default=1, help="run each method with training seeds 0..N-1 and report "
+                                                         "the mean and spread (one run's mean moves by ~0.08)")
     ap.add_argument("--model", default=None, help="a toy model folder other than the shipped one (e.g. a retrain)")
     ap.add_argument("--record", action="store_true")
     a = ap.parse_args(argv)
@@ -124,9 +137,14 @@ def main(argv=None) -> int:
     ceil = [] if a.quick or a.no_ceiling else ceilings(world, train, log, backend)
     results = []
     for m in methods:
-        log(f"method {m}")
-        results.append(run_method(m, backend, world, select, train, log=log, full_matrix=not a.quick,
-                                  ceilings=[c["heldout"] for c in ceil]))
+        for seed in range(a.seeds):
+            log(f"method {m}" + (f", seed {seed}" if a.seeds > 1 else ""))
+            sel, tr = (replace(select, seed=seed), replace(train, seed=seed)) if a.seeds > 1 else (select, train)
+            r = run_method(m, backend, world, sel, tr, log=log, full_matrix=not a.quick,
+                           ceilings=[c["heldout"] for c in ceil])
+            if a.seeds > 1:
+                r.update(method=f"{m}-seed{seed}", seed=seed)
+            results.append(r)
     rep = write_outputs(results, world, out)
     if ceil:
         (out / "ceilings.json").write_text(json.dumps(ceil, indent=2))
@@ -141,6 +159,8 @@ def main(argv=None) -> int:
     summary = {r["method"]: {k: r.get(k) for k in ("avg_acc", "fraction_of_ceiling", "avg_train_context_acc",
                                                     "avg_forgetting", "base_acc_before", "base_acc_after",
                                                     "params_pct", "seconds_per_concept")} for r in rep["results"]}
+    if a.seeds > 1:
+        summary.update(seed_spread(rep["results"], methods, a.seeds))
     if ceil:
         summary["ceiling_avg_acc"] = sum(c["heldout"] for c in ceil) / len(ceil)
     print(json.dumps(summary))
