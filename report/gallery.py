@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..core.gallery import Gallery
-from .pictures import _fig_to_array, _plt, sample_grid
+from .pictures import fig_to_array, agg_pyplot, sample_grid
 
 DPI = 100
 CELL_PX = 128  # small samples (the toy world's 32 px) are upscaled to about this, so they stay visible
@@ -55,7 +55,7 @@ def gallery_picture(g: Gallery) -> np.ndarray:
     table = 0.25 * (len(cells) + 1) + 0.2
     width, height = left + gw / DPI + right, title + gh / DPI + labels + table
     width = max(width, 6.0)
-    plt = _plt()
+    plt = agg_pyplot()
     fig = plt.figure(figsize=(width, height), dpi=DPI)
     ax = fig.add_axes([left / width, (table + labels) / height, gw / DPI / width, gh / DPI / height])
     ax.imshow(grid, interpolation="nearest")
@@ -75,4 +75,4 @@ def gallery_picture(g: Gallery) -> np.ndarray:
                      cellLoc="left")
     t.auto_set_font_size(False)
     t.set_fontsize(8)
-    return _fig_to_array(fig)
+    return fig_to_array(fig)

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 
-def _fig_to_array(fig) -> np.ndarray:
+def fig_to_array(fig) -> np.ndarray:
+    """A drawn matplotlib figure as an RGB array (and the figure closed)."""
     fig.canvas.draw()
     arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     import matplotlib.pyplot as plt
@@ -16,7 +17,8 @@ def _fig_to_array(fig) -> np.ndarray:
     return arr
 
 
-def _plt():
+def agg_pyplot():
+    """pyplot on the Agg backend (no display; headless servers)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -32,7 +34,7 @@ def short_layer_name(name: str) -> str:
 
 def neuron_map(rows: dict[str, torch.Tensor], sizes: dict[str, int], title: str = "selected rows") -> np.ndarray:
     """One strip per layer; a lit cell is a selected row (rows binned to at most 256 columns)."""
-    plt = _plt()
+    plt = agg_pyplot()
     names = list(sizes)
     width = min(256, max(sizes.values()))
     grid = np.zeros((len(names), width))
@@ -49,11 +51,11 @@ def neuron_map(rows: dict[str, torch.Tensor], sizes: dict[str, int], title: str 
     ax.set_xlabel("row (binned)")
     ax.set_title(f"{title}: {sum(len(r) for r in rows.values())} rows", fontsize=9)
     fig.tight_layout()
-    return _fig_to_array(fig)
+    return fig_to_array(fig)
 
 
 def loss_curve(history: list[dict], title: str = "training loss") -> np.ndarray:
-    plt = _plt()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=80)
     keys = [k for k in (history[0] if history else {}) if k != "total"]
     for k in keys:
@@ -64,13 +66,13 @@ def loss_curve(history: list[dict], title: str = "training loss") -> np.ndarray:
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _fig_to_array(fig)
+    return fig_to_array(fig)
 
 
 def dc_chart(probs: torch.Tensor, candidates: list[str], image_labels: list[str] | None = None,
              title: str = "DC scores P(concept | image)") -> np.ndarray:
     """Heatmap images × candidate concepts, probabilities written in the cells."""
-    plt = _plt()
+    plt = agg_pyplot()
     p = probs.detach().float().cpu().numpy()
     n, k = p.shape
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * k, 1.0 + 0.35 * n), dpi=80)
@@ -86,7 +88,7 @@ def dc_chart(probs: torch.Tensor, candidates: list[str], image_labels: list[str]
                         color="black" if p[i, j] > 0.5 else "white")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _fig_to_array(fig)
+    return fig_to_array(fig)
 
 
 def heatmap(matrix, row_labels: list[str], col_labels: list[str], title: str) -> np.ndarray:
@@ -107,7 +109,7 @@ def sample_grid(images: torch.Tensor, ncol: int, labels: list[str] | None = None
         r, c = divmod(i, ncol)
         grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = img[i]
     if labels or col_labels:
-        plt = _plt()
+        plt = agg_pyplot()
         fig, ax = plt.subplots(figsize=(grid.shape[1] / 60 + 1.5, grid.shape[0] / 60 + 0.3 + 0.4 * bool(col_labels)),
                                dpi=80)
         ax.imshow(grid)
@@ -119,7 +121,7 @@ def sample_grid(images: torch.Tensor, ncol: int, labels: list[str] | None = None
         if labels:
             ax.set_yticklabels(labels[:nrow], fontsize=7)
         fig.tight_layout()
-        return _fig_to_array(fig)
+        return fig_to_array(fig)
     return grid
 
 

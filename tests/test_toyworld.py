@@ -135,3 +135,24 @@ def test_benchmark_seeds_run_each_method_once_per_seed_and_report_the_spread(mon
     assert summary["cns"]["avg_acc_mean"] == pytest.approx(0.6)
     assert summary["naive"]["avg_acc_range"] == pytest.approx(0.2)
     assert "cns-seed2" in summary
+
+
+def test_tradeoff_picture_reads_every_recorded_run(tmp_path, capsys):
+    """`tradeoff`: one point per run with an accuracy matrix (other JSON ignored), right-after-learning = the
+    matrix diagonal; a folder without runs is one clear error."""
+    import json
+
+    from continual_concepts.bench.toyworld import tradeoff
+
+    run = {"method": "cns+dsc", "accuracy_matrix": [[1.0], [0.5, 0.25]], "avg_acc": 0.375, "avg_forgetting": 0.5,
+           "base_acc_after": 0.9}
+    (tmp_path / "results_a.json").write_text(json.dumps([run, {**run, "settings": "lr:0.01"}]))
+    (tmp_path / "ceilings.json").write_text(json.dumps([{"concept": "x", "heldout": 1.0}]))
+    rows = tradeoff.runs(tmp_path)
+    assert [r["label"] for r in rows] == ["a: cns+dsc", "a: cns+dsc [lr:0.01]"]
+    assert rows[0]["right_after"] == pytest.approx(0.625) and rows[0]["final"] == 0.375
+    assert tradeoff.main([str(tmp_path), "--out", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "tradeoff.png").stat().st_size > 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"] == 2
+    with pytest.raises(SystemExit, match="no benchmark results"):
+        tradeoff.main([str(tmp_path / "o")])

@@ -40,13 +40,11 @@ VARIANTS = {
 def pair_picture(rows: list[dict], title: str):
     """Per variant, three bars: the first concept right after learning it, the first after the second was learned
     (the gap between them is forgetting), the second concept; held-out accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(8, 3.8), dpi=100)
+    from ...report.pictures import agg_pyplot, fig_to_array
+
+    fig, ax = agg_pyplot().subplots(figsize=(8, 3.8), dpi=100)
     x = np.arange(len(rows))
     bars = [("first_after_first", f"{PAIR[0]}, right after learning it"),
             ("first_after_second", f"{PAIR[0]}, after {PAIR[1]}"), ("second", PAIR[1])]
@@ -58,10 +56,7 @@ def pair_picture(rows: list[dict], title: str):
     ax.legend(fontsize=7, loc="upper center", ncol=3)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.canvas.draw()
-    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return arr
+    return fig_to_array(fig)
 
 
 def main(argv=None) -> int:
