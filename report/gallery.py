@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..core.gallery import Gallery
-from .pictures import fig_to_array, agg_pyplot, sample_grid
+from .pictures import agg_pyplot, fig_to_array, sample_grid
 
 DPI = 100
 CELL_PX = 128  # small samples (the toy world's 32 px) are upscaled to about this, so they stay visible

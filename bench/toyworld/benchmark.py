@@ -74,7 +74,8 @@ def seed_spread(results: list[dict], methods: list[str], seeds: int) -> dict:
     """Per method, its held-out mean over the training seeds, and their range (what one run's mean can miss by)."""
     out = {}
     for m in methods:
-        accs = [r["avg_acc"] for r in results if r["method"] in {f"{m}-seed{s}" for s in range(seeds)}]
+        names = {f"{m}-seed{s}" for s in range(seeds)}
+        accs = [r["avg_acc"] for r in results if r["method"] in names]
         out[m] = {"avg_acc_by_seed": accs, "avg_acc_mean": sum(accs) / len(accs),
                   "avg_acc_range": max(accs) - min(accs)}
     return out
@@ -119,8 +120,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     ap.add_argument("--set", default="", help="settings other than SELECT/TRAIN's, e.g. 'token_lr:0.01,budget_pct:1'")
-    ap.add_argument("--seeds", type=int, default=1, help="run each method with training seeds 0..N-1 and report "
-                                                         "the mean and spread (one run's mean moves by ~0.08)")
+    ap.add_argument("--seeds", type=int, default=1, help="run each method with seeds 0..N-1 (selection and "
+                                                         "training) and report the mean and range (one run's mean "
+                                                         "is ±0.05)")
     ap.add_argument("--model", default=None, help="a toy model folder other than the shipped one (e.g. a retrain)")
     ap.add_argument("--record", action="store_true")
     a = ap.parse_args(argv)

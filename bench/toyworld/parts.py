@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-
-from dataclasses import replace
 
 from ..ceiling import CEILING_LR, ceiling
 from .benchmark import TRAIN, make_backend, one_concept_tool

@@ -35,7 +35,7 @@ def runs(folder: Path) -> list[dict]:
 
 
 def picture(rows: list[dict], title: str):
-    from ...report.pictures import fig_to_array, agg_pyplot
+    from ...report.pictures import agg_pyplot, fig_to_array
 
     plt = agg_pyplot()
     fig, (ax, key) = plt.subplots(1, 2, figsize=(14, 5.5), dpi=90, gridspec_kw={"width_ratios": [1, 1.25]})
@@ -71,8 +71,9 @@ def main(argv=None) -> int:
     if not rows:
         raise SystemExit(f"{folder}: no benchmark results (JSON with an accuracy matrix) found")
     out.mkdir(parents=True, exist_ok=True)
-    save_png(out / "tradeoff.png", picture(rows, f"{len(rows)} runs of 8 concepts in a row ({folder.name})"))  # never
-    (out / "tradeoff.json").write_text(json.dumps(rows, indent=1))  # overwrites, so it goes first
+    # the PNG first: save_png refuses to overwrite, and then nothing is written
+    save_png(out / "tradeoff.png", picture(rows, f"{len(rows)} runs of 8 concepts in a row ({folder.name})"))
+    (out / "tradeoff.json").write_text(json.dumps(rows, indent=1))
     print(json.dumps({"runs": len(rows), "best_final": max(rows, key=lambda r: r["final"])}))
     return 0
 
