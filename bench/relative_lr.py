@@ -4,8 +4,9 @@ context widths: one default must serve all three.
     python -m continual_concepts.bench.relative_lr [--steps 200]
 Models are tiny UNets whose K/V layers read contexts of the real widths with default initialisation, whose weight
 RMS 1/sqrt(3 width) is what real checkpoints have (0.072 / 0.021 / 0.0128 at 64 / 768 / 2048; measured SD1.5 0.02,
-SDXL 0.013). The control is the old behaviour: the delta in weight units, with the absolute lr that is the
-default's equivalent at the toy's width. Last line: one JSON object."""
+SDXL 0.013); rank 4: the same rows trained as a rank-4 change (TrainConfig.rank). The control is the old
+behaviour: the delta in weight units, with the absolute lr that is the default's equivalent at the toy's width.
+Last line: one JSON object."""
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,13 @@ WIDTHS = {"toy": 64, "sd15": 768, "sdxl": 2048}
 TOY_RMS = 0.072
 
 
-def relative_change(width: int, steps: int, relative: bool = True, rows_per_layer: int = 8) -> float:
+def relative_change(width: int, steps: int, relative: bool = True, rows_per_layer: int = 8, rank: int = 0) -> float:
     """||change|| / ||rows|| of the trained rows after `steps` (no penalties, no clipping: the lr alone)."""
     b = DiffusersBackend(**build_tiny_components(TinyModelSpec(sample_size=8, cross_attention_dim=width, text_layers=1)))
     rows = {l.name: torch.arange(rows_per_layer) for l in b.kv_layers()}
     x0 = b.encode_images(torch.rand(4, 8, 8, 3, generator=torch.Generator().manual_seed(0)))
-    cfg = TrainConfig(steps=steps, train_token=False, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, max_grad_norm=None)
+    cfg = TrainConfig(steps=steps, train_token=False, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, max_grad_norm=None,
+                      rank=rank)
     if relative:
         res = train_concept(b, x0, "a sks", "sks", rows, None, cfg)
     else:
@@ -52,12 +54,15 @@ def main(argv=None) -> int:
         b = DiffusersBackend(**build_tiny_components(TinyModelSpec(sample_size=8, cross_attention_dim=width, text_layers=1)))
         out[name] = {"width": width, "weight_rms": sum(weight_rms(l.weight) for l in b.kv_layers()) / len(b.kv_layers()),
                      "relative_change": relative_change(width, a.steps),
-                     "relative_change_absolute_lr": relative_change(width, a.steps, relative=False)}
+                     "relative_change_absolute_lr": relative_change(width, a.steps, relative=False),
+                     "relative_change_rank4": relative_change(width, a.steps, rank=4)}
         print(name, out[name], file=sys.stderr)
     rel = [out[n]["relative_change"] for n in WIDTHS]
     ab = [out[n]["relative_change_absolute_lr"] for n in WIDTHS]
     out["max_over_min"] = max(rel) / min(rel)
     out["max_over_min_absolute_lr"] = max(ab) / min(ab)
+    low = [out[n]["relative_change_rank4"] for n in WIDTHS]
+    out["max_over_min_rank4"] = max(low) / min(low)
     print(json.dumps(out))
     return 0
 

@@ -55,6 +55,7 @@ class TrainConfig:
     precision: str = "auto"  # the frozen model's arithmetic (core.precision): auto / bf16 / fp32 / fp16 (+ GradScaler)
     gradient_checkpointing: str = "auto"  # on / off / auto: measured from one forward and the free memory
     flip: bool = True  # train on the images and their mirror images (off for subjects whose sides differ)
+    rank: int = 0  # 0: every selected row's numbers are trained; r > 0: each layer's row change is rank r
 
     def validate(self):
         if self.steps < 1:
@@ -65,6 +66,8 @@ class TrainConfig:
             raise ValueError("dsc_batch must be >= 1 and dc_max_candidates >= 2")
         if self.dc_every < 1:
             raise ValueError(f"dc_every must be at least 1 (got {self.dc_every})")
+        if self.rank < 0:
+            raise ValueError(f"rank must be >= 0 (got {self.rank})")
         if self.dc_temperature <= 0:
             raise ValueError(f"dc_temperature must be positive (got {self.dc_temperature})")
         for k in ("lam_prev", "lam_base", "lam_ewc", "lam_dsc"):
@@ -109,7 +112,7 @@ def row_anchors(backend, deltas: RowDeltas, memory: ContinualMemory | None) -> R
         offset[n] = (cur - pre) / deltas.scale[n]
         if f_mean is not None:
             fisher[n] = memory.fisher[n][rows].float() / f_mean if n in memory.fisher else torch.zeros_like(cur)
-    dev = deltas.delta.device
+    dev = deltas.flat_delta().device
     return RowAnchors(deltas.flat(in_prev).to(dev), deltas.flat(offset).to(dev),
                       deltas.flat(fisher).to(dev) if fisher else None)
 
@@ -182,7 +185,8 @@ def train_concept(
     dev = backend.device
     backend.set_compute_dtype(compute_dtype(cfg.precision, dev))
     scaler = grad_scaler(backend.dtype, dev)
-    deltas = adapter if adapter is not None else RowDeltas.on(backend, rows, dev)
+    deltas = adapter if adapter is not None else RowDeltas.on(
+        backend, rows, dev, rank=cfg.rank, seed=cfg.seed + (len(memory.concepts) if memory else 0))
     rowwise = isinstance(deltas, RowDeltas)
     params = [{"params": list(deltas.parameters()), "lr": cfg.lr * getattr(deltas, "lr_scale", 1.0)}]
     token = None
@@ -217,7 +221,7 @@ def train_concept(
             ctx = backend.encode_text(uniq, {trigger: token}) if token is not None else fixed_ctx
             terms = {"diff": denoise_error(backend, xb, t, eps, ctx[which[idx].to(ctx.device)]).mean()}
             if rowwise:
-                terms.update(row_penalties(deltas.delta, anchors, cfg))
+                terms.update(row_penalties(deltas.flat_delta(), anchors, cfg))
             else:
                 terms.update(deltas.penalty() if hasattr(deltas, "penalty") else {})
             if use_dsc and step % cfg.dc_every == 0:

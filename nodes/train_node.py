@@ -75,6 +75,10 @@ class ContinualTrainStep(io.ComfyNode):
                                tooltip="Arithmetic of the frozen model while training (the learned change is always "
                                        "kept in fp32). auto: bf16 on a GPU that has it, else fp32. fp16 trains with "
                                        "loss scaling (without it, small gradients vanish)."),
+                io.Int.Input("rank", default=TrainConfig.rank, min=0, max=1024, optional=True,
+                             tooltip="0: train every number of the selected rows. r > 0: each layer's change of its "
+                                     "selected rows is a rank-r product (fewer trained numbers; the file keeps the "
+                                     "rows' change as before). Measured on the toy: bench/RESULTS.md."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
                      Memory.Output(display_name="memory"), io.Image.Output(display_name="loss_curve")],
@@ -84,7 +88,7 @@ class ContinualTrainStep(io.ComfyNode):
     def execute(cls, model, clip, vae, images, neurons, prompt, trigger, name, steps, lr, lam_prev, lam_base, lam_ewc,
                 lam_dsc, dc_every, seed, train_token=True, batch_size=4,
                 gradient_checkpointing="auto", memory=None, generic_prompt="a photo", replace=False,
-                flip=True, precision="auto") -> io.NodeOutput:
+                flip=True, precision="auto", rank=TrainConfig.rank) -> io.NodeOutput:
         images = check_image_batch(images)
         check_trigger_in_prompt(prompt, trigger)
         if warning := size_warning(model, images):
@@ -93,7 +97,7 @@ class ContinualTrainStep(io.ComfyNode):
         cfg = TrainConfig(steps=steps, lr=lr, lam_prev=lam_prev, lam_base=lam_base, lam_ewc=lam_ewc, lam_dsc=lam_dsc,
                           dc_every=dc_every, train_token=train_token, seed=seed,
                           batch_size=batch_size, gradient_checkpointing=gradient_checkpointing, precision=precision,
-                          flip=flip)
+                          flip=flip, rank=rank)
         cfg.validate()
         if old:  # the memory must explain the model as it came in, before anything is taken out
             with reading_backend(model, clip) as b:

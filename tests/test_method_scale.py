@@ -2,6 +2,7 @@
 anchor on shared rows, relative learning rates across model widths, the DC Fisher against an independent
 reference, and a DC temperature that keeps P away from one-hot at every latent size."""
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,33 @@ def test_relative_lr_moves_rows_alike_at_toy_sd15_and_sdxl_widths():
     assert max(rel.values()) / min(rel.values()) < 2.0, rel
     absolute = {w: relative_change(w, steps=10, relative=False) for w in (64, 2048)}
     assert absolute[2048] / absolute[64] > 3.0, absolute
+    low_rank = {w: relative_change(w, steps=10, rank=4) for w in (64, 768, 2048)}
+    assert max(low_rank.values()) / min(low_rank.values()) < 2.0, low_rank
+
+
+def test_low_rank_rows_change_with_the_given_rank_and_the_penalties_read_that_change():
+    """TrainConfig.rank: each layer's change of its selected rows is a product of rank r (full rows otherwise),
+    and flat_delta() is that change in RMS units, so lam_base etc. hold it as they hold full rows."""
+    b = backend()
+    x0 = b.encode_images(images())
+    rows = {l.name: torch.arange(12) for l in b.layers("qkvo")[:3]}
+    cfg = TrainConfig(steps=8, lr=0.05, train_token=False, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0)
+    low = train_concept(b, x0, "a sks", "sks", rows, None, replace(cfg, rank=2))
+    full = train_concept(b, x0, "a sks", "sks", rows, None, cfg)
+    for n in rows:
+        assert low.deltas[n][1].abs().max() > 0
+        assert int(torch.linalg.matrix_rank(low.deltas[n][1])) <= 2
+        assert int(torch.linalg.matrix_rank(full.deltas[n][1])) > 2
+    d = RowDeltas.on(b, rows, rank=2, seed=1)
+    for up in d.up:
+        up.data.normal_()
+    units = {n: d.layer_delta(n).detach() / d.scale[n] for n in d.names}
+    assert torch.allclose(d.flat_delta().detach(), d.flat(units), atol=1e-6)
+    anchors = RowAnchors(torch.zeros_like(d.flat_delta(), dtype=torch.bool), torch.zeros_like(d.flat_delta()), None)
+    base = row_penalties(d.flat_delta(), anchors, TrainConfig(lam_base=1.0))["base"]
+    assert math.isclose(float(base.detach()), float(d.flat(units).pow(2).mean()), rel_tol=1e-5)
+    base.backward()
+    assert all(u.grad is not None and u.grad.abs().max() > 0 for u in d.up)
 
 
 def test_dc_fisher_equals_independent_per_sample_gradients():
