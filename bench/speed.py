@@ -81,9 +81,10 @@ def bench_train(backend, x0, repeats, steps):
     dense = all_rows(backend)
     sparse = cns_sized_rows(backend)
     floor = {n: r[:1] for n, r in dense.items()}
-    cfg = TrainConfig(steps=steps, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, train_token=True)
-    _step_times(backend, x0, sparse, TrainConfig(steps=2))  # warm-up
-    _step_times(backend, x0, dense, TrainConfig(steps=2), dense_weights=True)
+    # rank 0 on both sides: what is compared is a sparse row set against every K/V row, number for number
+    cfg = TrainConfig(steps=steps, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, train_token=True, rank=0)
+    _step_times(backend, x0, sparse, TrainConfig(steps=2, rank=0))  # warm-up
+    _step_times(backend, x0, dense, TrainConfig(steps=2, rank=0), dense_weights=True)
     ts, td, tf, rs, rd = [], [], [], None, None
     for _ in range(repeats):  # interleaved, so load from other processes hits both sides alike
         t, rs = _step_times(backend, x0, sparse, cfg)

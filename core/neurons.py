@@ -28,11 +28,13 @@ from .weight_grads import weight_grads
 @dataclass
 class SelectConfig:
     budget_pct: float = 0.13  # % of UNet parameters (CNS reports ~0.13 % for SD1.5)
-    parts: str = "kv"  # projections rows are chosen from: "kv" (CNS) or "qkvo" (+ query and output projections)
-    rho_base: float = 0.10  # fraction of all K/V rows that are "base"
+    parts: str = "qkvo"  # projections rows are chosen from: "kv" (CNS's own) or "qkvo" (+ query and output projections)
+    rho_base: float = 0.10  # fraction of all candidate rows (of `parts`) that are "base"
     rho_general: float | None = None  # per-prompt top fraction for "general" (None: = rho_base)
     tau: float = 0.5  # a row is general if top for >= tau of the prompts
-    n_calibration: int = 20  # 0: no general filter (every high-scoring row may be chosen), no calibration passes
+    # 0 (default): no general filter, the top-scoring rows within the budget, no calibration passes; with rank-16
+    # training this learned most on the toy, 8 concepts in a row (bench/RESULTS.md); CNS's own filter: 20
+    n_calibration: int = 0
     general_scoring: str = "taylor"  # or "activation" (text only, no images)
     n_draws: int = 4  # (t, eps) draws per score
     batch_size: int = 8

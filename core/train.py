@@ -36,7 +36,8 @@ class NonFiniteLossError(FloatingPointError):
 @dataclass
 class TrainConfig:
     steps: int = 200
-    lr: float = 0.002  # relative: a fraction of each trained layer's weight RMS per Adam step (bench/RESULTS.md)
+    lr: float = 0.0007  # relative: a fraction of each trained layer's weight RMS per Adam step (bench/RESULTS.md);
+    # 0.0007 with rank 16, 0.002 measured for full rows (rank 0)
     token_lr: float = 0.1  # relative to the trigger embedding's RMS
     batch_size: int = 4
     train_token: bool = True
@@ -55,7 +56,7 @@ class TrainConfig:
     precision: str = "auto"  # the frozen model's arithmetic (core.precision): auto / bf16 / fp32 / fp16 (+ GradScaler)
     gradient_checkpointing: str = "auto"  # on / off / auto: measured from one forward and the free memory
     flip: bool = True  # train on the images and their mirror images (off for subjects whose sides differ)
-    rank: int = 0  # 0: every selected row's numbers are trained; r > 0: each layer's row change is rank r
+    rank: int = 16  # r > 0: each layer's change of its selected rows is rank r; 0: every number of the rows trains
 
     def validate(self):
         if self.steps < 1:

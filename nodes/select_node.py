@@ -19,7 +19,8 @@ class SelectConceptNeurons(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="ContinualConcepts_SelectConceptNeurons", display_name="Select Concept Neurons", category=CATEGORY,
-            description="Find the cross-attention rows (K/V, or all four projections) that respond to the concept but not to generic prompts (CNS).",
+            description="Find the cross-attention rows (all four projections, or K/V) that respond most to the concept, "
+                        "optionally leaving out rows that generic prompts need (CNS's general filter).",
             inputs=[
                 io.Model.Input("model", tooltip="The model to personalise (SD1.x / SD2.x / SDXL)."),
                 io.Clip.Input("clip", tooltip="Its text encoder."),
@@ -28,7 +29,7 @@ class SelectConceptNeurons(io.ComfyNode):
                 io.String.Input("prompt", default="a photo of sks", tooltip="Prompt describing the concept, with the trigger word."),
                 io.String.Input("trigger", default="sks", tooltip="A rare word that is exactly one token; it will mean the concept."),
                 io.Float.Input("budget_pct", default=0.13, min=0.001, max=10.0, step=0.01, tooltip="At most this % of UNet parameters is trained (CNS: ~0.13 %)."),
-                io.Int.Input("calibration_prompts", default=20, min=0, max=100, tooltip="How many generic prompts decide which rows are 'general' (and never trained). 0: no such filter, every high-scoring row may be chosen (no calibration passes; more learning alone, more interference between concepts)."),
+                io.Int.Input("calibration_prompts", default=SelectConfig.n_calibration, min=0, max=100, tooltip="How many generic prompts decide which rows are 'general' (and never trained; CNS uses 20). 0, the default: no such filter, the top-scoring rows within the budget (no calibration passes); with the Train node's rank 16 this learned most on the toy, 8 concepts in a row (bench/RESULTS.md)."),
                 io.Combo.Input("general_scoring", options=["taylor", "activation"], tooltip="taylor: gradients on your images with generic prompts; activation: text only, faster."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
                              tooltip="Seed for timesteps, noise and the prompt sample."),
@@ -39,13 +40,12 @@ class SelectConceptNeurons(io.ComfyNode):
                                tooltip="Arithmetic of the model while scoring. auto: bf16 on a GPU that has it, else "
                                        "fp32 (fp16 is not offered: scores are gradients, and unscaled fp16 loses "
                                        "small ones)."),
-                io.Combo.Input("layers", options=["kv", "qkvo"], default="kv", optional=True,
-                               tooltip="Which cross-attention projections rows come from. kv: keys and values, as "
-                                       "CNS and Custom Diffusion train (the text side). qkvo: also queries and output "
-                                       "projections (the image side): one concept learned more of a new look on the "
-                                       "toy (0.71 vs 0.48 held-out, 2 % budget, calibration_prompts 0), but over 8 "
-                                       "concepts in a row no more, with more forgetting and base prompts 1.00 -> 0.90 "
-                                       "(bench/RESULTS.md). taylor scoring only."),
+                io.Combo.Input("layers", options=["kv", "qkvo"], default=SelectConfig.parts, optional=True,
+                               tooltip="Which cross-attention projections rows come from. qkvo (default): keys, values, "
+                                       "queries and output projections; the last two read the image features and carry "
+                                       "most of what K/V rows cannot learn (toy, 8 concepts in a row, rank-16 training: "
+                                       "0.60 held-out over 5 runs vs 0.57 for CNS's K/V rows; bench/RESULTS.md). kv: keys and "
+                                       "values only, as CNS and Custom Diffusion train (the text side)."),
             ],
             outputs=[Neurons.Output(display_name="neurons"), io.Image.Output(display_name="neuron_map"),
                      io.String.Output(display_name="report")],
@@ -53,7 +53,7 @@ class SelectConceptNeurons(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, images, prompt, trigger, budget_pct, calibration_prompts, general_scoring,
-                seed, batch_size=4, memory=None, precision="auto", layers="kv") -> io.NodeOutput:
+                seed, batch_size=4, memory=None, precision="auto", layers=SelectConfig.parts) -> io.NodeOutput:
         images = check_image_batch(images)
         check_trigger_in_prompt(prompt, trigger)
         cfg = SelectConfig(budget_pct=budget_pct, n_calibration=calibration_prompts, general_scoring=general_scoring, seed=seed,

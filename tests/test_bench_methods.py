@@ -18,7 +18,8 @@ def test_method_learns_two_concepts(method):
     before = {l.name: l.weight.clone() for l in b.kv_layers()}
     q_out = {n: p.detach().clone() for n, p in b.unet.named_parameters() if ".attn2.to_q." in n or ".attn2.to_out." in n}
     mem, state = ContinualMemory.for_model(b), {}
-    sel = SelectConfig(n_calibration=2, budget_pct=3, rho_base=0.3, n_draws=1)
+    sel = SelectConfig(n_calibration=2, budget_pct=3, rho_base=0.3, n_draws=1, parts="kv")  # K/V rows: the
+    # dense baselines' layers, so 'changed' compares like with like
     cfg = TrainConfig(steps=3, dc_every=1, fisher_draws=1, lam_ewc=1.0)  # as the benchmarks run the EWC methods
     for name, trig in (("a", "sks"), ("b", "zwx")):
         res = learn(method, b, mem, torch.rand(2, 8, 8, 3), name, trig, f"a {trig}", sel, cfg, CAL, state)

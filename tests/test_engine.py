@@ -12,7 +12,7 @@ from continual_concepts.core.tiny_model import TinyModelSpec, build_tiny_compone
 from continual_concepts.core.train import NonFiniteLossError, TrainConfig, train_concept
 
 CAL = ["a red circle", "a photo of a dog", "a blue square", "a cat", "a green house"]
-SEL = SelectConfig(n_calibration=3, budget_pct=3, rho_base=0.3, n_draws=1)
+SEL = SelectConfig(n_calibration=3, budget_pct=3, rho_base=0.3, n_draws=1, parts="kv")  # CNS as published
 
 
 def backend(seed=0, vae=False):
@@ -73,7 +73,7 @@ def test_training_touches_only_deltas_and_optimizer_is_row_sized():
     x0 = b.encode_images(images())
     sel = select_concept_neurons(b, x0, "a sks", SEL, CAL)
     before = snapshot(b)
-    res = train_concept(b, x0, "a sks", "sks", sel.rows, None, TrainConfig(steps=3, lam_dsc=0))
+    res = train_concept(b, x0, "a sks", "sks", sel.rows, None, TrainConfig(steps=3, lam_dsc=0, rank=0))
     after = snapshot(b)
     assert all(torch.equal(before[k], after[k]) for k in before), "train_concept wrote a weight"
     n = sel.n_rows

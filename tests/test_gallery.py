@@ -27,7 +27,7 @@ def learned():
     b, specs = make_backend(), concept_specs(2)
     mem = ContinualMemory.for_model(b, "")
     for s in specs:
-        learn_concept(b, mem, s.images, s.name, s.trigger, s.prompt, replace(SELECT, n_calibration=4, n_draws=1),
+        learn_concept(b, mem, s.images, s.name, s.trigger, s.prompt, replace(SELECT, n_draws=1),
                       replace(TRAIN, steps=40), captions=s.captions)
     return b, mem, specs
 

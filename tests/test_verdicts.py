@@ -6,7 +6,7 @@ from continual_concepts.bench.toyworld import verdicts
 
 
 def test_verdicts_count_every_sample_in_the_order_learned(tmp_path, capsys):
-    assert verdicts.main(["--concepts", "framed-square,twin-dots", "--set", "steps:2,n_calibration:1,n_draws:1",
+    assert verdicts.main(["--concepts", "framed-square,twin-dots", "--set", "steps:2,n_draws:1",
                           "--out", str(tmp_path)]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last == json.loads((tmp_path / "verdicts.json").read_text())

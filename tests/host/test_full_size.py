@@ -18,10 +18,12 @@ from conftest import COMFYUI, PACK, comfy_server, queue
 pytestmark = pytest.mark.full
 SIZE = 128  # px: the architecture is full size; the pictures are small so 2 CPU cores finish
 # one concept image and text-only general scoring: Taylor scoring takes a gradient of every K/V weight per pass
-# (SDXL: 48 passes ran > 40 min on 2 cores, mostly the kernel zeroing fresh gradient pages)
+# (SDXL: 48 passes ran > 40 min on 2 cores, mostly the kernel zeroing fresh gradient pages); K/V rows, so the
+# check below knows which weights may change (Q/output rows are host-tested at slim size)
 SHRINK = {
     "ContinualConcepts_LoadConceptImages": {"size": SIZE, "folder": "one_image"},
-    "ContinualConcepts_SelectConceptNeurons": {"calibration_prompts": 2, "batch_size": 1, "general_scoring": "activation"},
+    "ContinualConcepts_SelectConceptNeurons": {"calibration_prompts": 2, "batch_size": 1, "general_scoring": "activation",
+                                             "layers": "kv"},
     "ContinualConcepts_ContinualTrainStep": {"steps": 2, "batch_size": 1},
     "ContinualConcepts_DCScoreProbe": {"timesteps": 2},
     "KSampler": {"steps": 2},

@@ -56,6 +56,9 @@ def test_every_node_type_is_registered(server):
                 assert opts and opts[0].get("tooltip"), f"{k}.{name} has no tooltip"
 
 
+PROJECTIONS = tuple(f"attn2.{p}.weight" for p in ("to_q", "to_k", "to_v", "to_out.0"))
+
+
 @pytest.mark.parametrize("name", ["probe_only", "one_concept", "three_concepts_chained"])
 def test_api_workflow_runs(server, name, slim_ckpt, tmp_path):
     from safetensors.torch import load_file
@@ -80,10 +83,10 @@ def test_api_workflow_runs(server, name, slim_ckpt, tmp_path):
     for k, v in ref.items():
         if k not in merged and k.endswith("text_projection.weight"):  # ComfyUI's SD1.5 save leaves it out
             continue
-        if k.endswith(("attn2.to_k.weight", "attn2.to_v.weight")):
+        if k.endswith(PROJECTIONS):  # the rows the default selects from (Q, K, V, output)
             changed_rows += int((merged[k] != v).any(1).sum())
         elif k.startswith(("model.diffusion_model.", "cond_stage_model.")) and not k.endswith("token_embedding.weight"):
-            assert torch.equal(merged[k], v), f"{k} changed outside the K/V rows and trigger tokens"
+            assert torch.equal(merged[k], v), f"{k} changed outside the cross-attention rows and trigger tokens"
     written = [Path(f) for k, o in outputs.items() if wf[k]["class_type"] == "ContinualConcepts_MergeIntoCheckpoint"
                for f in o["text"]]
     assert all(f.is_file() for f in written)
@@ -96,7 +99,7 @@ def test_api_workflow_runs(server, name, slim_ckpt, tmp_path):
     selected = sum(c.n_rows for c in concepts)
     emb_key = "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight"
     token_rows = (merged[emb_key] != ref[emb_key]).any(1).nonzero().flatten().tolist()
-    print(f"{name}: {len(concepts)} concept(s), {changed_rows} K/V rows changed of {selected} selected, "
+    print(f"{name}: {len(concepts)} concept(s), {changed_rows} cross-attention rows changed of {selected} selected, "
           f"trigger-token rows changed {token_rows}")
     assert 0 < changed_rows <= selected
     assert len(token_rows) == len({c.trigger for c in concepts}), "each trigger's learned token is in the checkpoint"
