@@ -45,6 +45,7 @@ class RowDeltas(Switchable, nn.Module):
                  scale: dict[str, float] | None = None, rank: int = 0, seed: int = 0):
         super().__init__()
         self.names = [n for n in rows if len(rows[n])]
+        self.index = {n: i for i, n in enumerate(self.names)}  # a layer's up/down, looked up on every forward
         self.rows = {n: rows[n].to(device=device, dtype=torch.long) for n in self.names}
         self.in_dims = {n: int(in_dims[n]) for n in self.names}
         sizes = [len(self.rows[n]) * self.in_dims[n] for n in self.names]
@@ -71,7 +72,7 @@ class RowDeltas(Switchable, nn.Module):
     def _units(self, name: str) -> torch.Tensor:
         """The change of the layer's selected rows [rows, in], in RMS units."""
         if self.rank:
-            i = self.names.index(name)
+            i = self.index[name]
             return self.up[i] @ self.down[i]
         o, n = self.offsets[name], len(self.rows[name])
         return self.delta[o : o + n * self.in_dims[name]].view(n, self.in_dims[name])

@@ -113,7 +113,7 @@ def row_anchors(backend, deltas: RowDeltas, memory: ContinualMemory | None) -> R
         offset[n] = (cur - pre) / deltas.scale[n]
         if f_mean is not None:
             fisher[n] = memory.fisher[n][rows].float() / f_mean if n in memory.fisher else torch.zeros_like(cur)
-    dev = deltas.flat_delta().device
+    dev = next(deltas.parameters(), torch.zeros(0)).device  # (not flat_delta: that would multiply every up @ down)
     return RowAnchors(deltas.flat(in_prev).to(dev), deltas.flat(offset).to(dev),
                       deltas.flat(fisher).to(dev) if fisher else None)
 
