@@ -4,6 +4,7 @@ reference, and a DC temperature that keeps P away from one-hot at every latent s
 import math
 from dataclasses import replace
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -107,6 +108,8 @@ def test_low_rank_rows_change_with_the_given_rank_and_the_penalties_read_that_ch
     assert math.isclose(float(base.detach()), float(d.flat(units).pow(2).mean()), rel_tol=1e-5)
     base.backward()
     assert all(u.grad is not None and u.grad.abs().max() > 0 for u in d.up)
+    with pytest.raises(ValueError, match=r"rank must be >= 0 \(got -1\)"):
+        train_concept(b, x0, "a sks", "sks", rows, None, replace(cfg, rank=-1))
 
 
 def test_dc_fisher_equals_independent_per_sample_gradients():
