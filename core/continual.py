@@ -1,6 +1,7 @@
 """Learn one concept into a model and its memory: select -> train -> merge -> update the DC Fisher."""
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
@@ -73,6 +74,9 @@ def train_into_memory(
     the ComfyUI train node all learn through here; hosts that may write weights then bake (merge_result)."""
     if any(c.name == name for c in memory.concepts):
         raise ValueError(f"concept name '{name}' is already in this memory")
+    if train_cfg.lam_ewc > 0 and (bare := len(memory.concepts) - memory.fisher_updates) > 0:
+        logging.warning("EWC-DC protects only concepts learned with lam_ewc > 0: %d of this memory's %d concepts "
+                        "have no Fisher", bare, len(memory.concepts))
     res = train_concept(backend, x0, captions or prompt, trigger, rows, memory, train_cfg, callback)
     n_params = sum(d.numel() for _, d in res.deltas.values())
     record = ConceptRecord(
@@ -82,15 +86,16 @@ def train_into_memory(
         token=res.token,
         config={"train": res.config},
         metrics={**(metrics or {}), "seconds": res.seconds, "final_loss": res.history[-1]["diff"],
-                 "params_pct": 100 * n_params / backend.unet_param_count(),
+                 "params_pct": 100 * n_params / backend.unet_param_count(), "ewc_fisher": train_cfg.lam_ewc > 0,
                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         thumbnail=None if first_image is None else thumbnail(first_image),
     )
     memory.record_pretrained(backend, record.rows)
     memory.add_concept(record)
-    # recorded even while EWC-DC is off (a few passes): the memory stays complete, so turning lam_ewc on for a
-    # later concept protects every earlier one
-    update_fisher(backend, memory, x0, train_cfg, at=res.deltas)
+    if train_cfg.lam_ewc > 0:
+        # only while EWC-DC is on: the dense fp32 Fisher over every projection weight is most of a memory file
+        # (SDXL: 2.2 GB against 5 MB of concepts), and EWC reads it only where lam_ewc > 0 (bench/RESULTS.md)
+        update_fisher(backend, memory, x0, train_cfg, at=res.deltas)
     return res, record
 
 

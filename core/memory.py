@@ -197,7 +197,8 @@ class ContinualMemory:
                     "params": sum(d.numel() for d in c.delta.values()), "params_pct": m.get("params_pct"),
                     "token": c.token is not None,
                     "thumbnail": c.thumbnail is not None, "steps": train.get("steps"), "seconds": m.get("seconds"),
-                    "date": m.get("date"), "final_loss": m.get("final_loss"), "dc_self_check": m.get("dc_self_check")}
+                    "date": m.get("date"), "final_loss": m.get("final_loss"), "dc_self_check": m.get("dc_self_check"),
+                    "ewc_fisher": m.get("ewc_fisher")}  # None: learned before it was recorded (then always on)
 
         return {"format_version": self.format_version, "fingerprint": self.fingerprint, "generic_prompt": self.generic_prompt,
                 "fisher_updates": self.fisher_updates, "concepts": [concept(c) for c in self.concepts]}

@@ -13,10 +13,11 @@ def memory_table(info: dict) -> str:
             f"base model fingerprint: {info['fingerprint'][:16]}", f"generic prompt: {info['generic_prompt']!r}",
             f"concepts: {len(info['concepts'])}"]
     cols = ["name", "trigger", "prompt", "rows", "% UNet params", "steps", "seconds", "date", "final loss",
-            "DC self-check"]
+            "EWC Fisher", "DC self-check"]
     rows = [[c["name"], c["trigger"], c["prompt"], str(c["rows"]), cell(c["params_pct"], "{:.3f}"),
              cell(c["steps"]), cell(c["seconds"], "{:.1f}"), cell(c["date"]), cell(c["final_loss"], "{:.4f}"),
-             cell(c.get("dc_self_check"), "{:.0%}")] for c in info["concepts"]]
+             {True: "yes", False: "no"}.get(c.get("ewc_fisher"), "–"), cell(c.get("dc_self_check"), "{:.0%}")]
+            for c in info["concepts"]]
     width = [max(len(x) for x in col) for col in zip(cols, *rows)]
     line = lambda r: "  ".join(x.ljust(w) for x, w in zip(r, width)).rstrip()  # noqa: E731
     return "\n".join(head + ([line(cols)] + [line(r) for r in rows] if rows else []))

@@ -97,7 +97,7 @@ def _learn_two(cfg: TrainConfig, seed=0):
     b = backend()
     mem = ContinualMemory.for_model(b)
     imgs = images(seed=seed)
-    learn_concept(b, mem, imgs, "a", "sks", "a sks", SEL, TrainConfig(steps=3), CAL)
+    learn_concept(b, mem, imgs, "a", "sks", "a sks", SEL, TrainConfig(steps=3, lam_ewc=1.0), CAL)  # records a Fisher
     x0 = b.encode_images(images(seed=1))
     sel = select_concept_neurons(b, x0, "a zwx", SEL, CAL, mem.prev_rows())
     prev = mem.prev_rows()
@@ -179,7 +179,7 @@ def test_dc_batched_equals_naive_loop():
 def test_memory_round_trip_fingerprint_and_corruption(tmp_path):
     b = backend()
     mem = ContinualMemory.for_model(b, "a picture")
-    learn_concept(b, mem, images(), "a", "sks", "a sks", SEL, TrainConfig(steps=2, fisher_draws=1), CAL)
+    learn_concept(b, mem, images(), "a", "sks", "a sks", SEL, TrainConfig(steps=2, fisher_draws=1, lam_ewc=1.0), CAL)
     p = mem.save(tmp_path / "m.safetensors")
     back = ContinualMemory.load(p, b)
     assert back.header() == mem.header()

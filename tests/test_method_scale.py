@@ -158,6 +158,28 @@ def test_fisher_stored_fp32_and_normalised_per_concept():
     assert torch.allclose(mem.fisher["l"], torch.tensor([[1.25, 1.75], [1.0, 2.0]]))
 
 
+def test_fisher_recorded_only_while_ewc_is_on(tmp_path, caplog):
+    """EWC-DC off (the default) records no Fisher, so the memory file holds only the concepts; turned on later, it
+    records from then on and says which earlier concepts it cannot protect."""
+    from continual_concepts.report.tables import memory_table
+
+    b = backend()
+    mem = ContinualMemory.for_model(b, "a picture")
+    learn_concept(b, mem, images(), "a", "sks", "a sks", train_cfg=TrainConfig(steps=2, lam_dsc=0), calibration_prompts=CAL)
+    assert mem.fisher == {} and mem.fisher_updates == 0
+    assert not any(k.startswith("fisher/") for k in mem.tensors())
+    small = mem.save(tmp_path / "off.safetensors").stat().st_size
+    with caplog.at_level("WARNING"):
+        learn_concept(b, mem, images(seed=1), "b", "zwx", "a zwx",
+                      train_cfg=TrainConfig(steps=2, lam_dsc=0, lam_ewc=1.0, fisher_draws=1), calibration_prompts=CAL)
+    assert "1 of this memory's 1 concepts have no Fisher" in caplog.text
+    assert mem.fisher_updates == 1 and {l.name for l in b.projection_layers()} >= set(mem.fisher) and mem.fisher
+    assert [c["ewc_fisher"] for c in mem.summary()["concepts"]] == [False, True]
+    assert memory_table(mem.summary()).splitlines()[-1].split()[-2:] == ["yes", "–"]  # EWC Fisher, DC self-check
+    fisher_bytes = sum(f.numel() * 4 for f in mem.fisher.values())
+    assert mem.save(tmp_path / "on.safetensors").stat().st_size > small + fisher_bytes
+
+
 def test_memory_copy_shares_the_fisher_and_nothing_else():
     from continual_concepts.core.memory import ConceptRecord
 

@@ -52,7 +52,7 @@ def test_learned_query_and_output_rows_bake_save_and_apply(tmp_path):
     b = backend()
     before = {l.name: l.weight.detach().clone() for l in b.projection_layers()}
     mem = ContinualMemory.for_model(b)
-    out = learn_concept(b, mem, images(), "a", "sks", "a sks", SEL, TrainConfig(steps=4, fisher_draws=1), CAL)
+    out = learn_concept(b, mem, images(), "a", "sks", "a sks", SEL, TrainConfig(steps=4, fisher_draws=1, lam_ewc=1.0), CAL)
     moved = set()
     for l in b.projection_layers():
         changed = (l.weight.detach() != before[l.name]).any(1).nonzero().flatten().tolist()

@@ -69,13 +69,14 @@ def test_gradient_checkpointing_gives_the_same_concept_and_is_undone(trained):
     t = trained
     kw = dict(model=t["m2"], clip=t["c2"], vae=t["vae"], images=t["images"], neurons=t["neurons"],
               prompt="a photo of ohwx", trigger="ohwx", name="c", steps=2, lr=1e-2, lam_prev=1.0, lam_base=0.1,
-              lam_ewc=0, lam_dsc=1.0, dc_every=1, seed=0, batch_size=2, memory=t["mem"])
+              lam_ewc=1.0, lam_dsc=1.0, dc_every=1, seed=0, batch_size=2, memory=t["mem"])
     mem_plain = run(ContinualTrainStep, **kw, gradient_checkpointing="off")[2]
     mem_ckpt = run(ContinualTrainStep, **kw, gradient_checkpointing="on")[2]
     plain, ckpt = mem_plain.concepts[-1], mem_ckpt.concepts[-1]
     for layer, d in plain.delta.items():
         assert torch.allclose(d, ckpt.delta[layer], atol=1e-6), layer
     assert torch.allclose(plain.token, ckpt.token, atol=1e-6) and plain.delta
+    assert mem_plain.fisher and set(mem_plain.fisher) == set(mem_ckpt.fisher)
     for layer, f in mem_plain.fisher.items():  # the DC Fisher's layer-by-layer gradients, also read under recompute
         assert torch.allclose(f, mem_ckpt.fisher[layer], rtol=1e-4, atol=1e-6 * float(f.max())), layer
     dm = t["model"].model.diffusion_model
