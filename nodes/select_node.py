@@ -28,7 +28,8 @@ class SelectConceptNeurons(io.ComfyNode):
                 io.Image.Input("images", tooltip="A few images of the concept (one batch, same size)."),
                 io.String.Input("prompt", default="a photo of sks", tooltip="Prompt describing the concept, with the trigger word."),
                 io.String.Input("trigger", default="sks", tooltip="A rare word that is exactly one token; it will mean the concept."),
-                io.Float.Input("budget_pct", default=0.13, min=0.001, max=10.0, step=0.01, tooltip="At most this % of UNet parameters is trained (CNS: ~0.13 %)."),
+                io.Float.Input("budget_pct", default=0.13, min=0.001, max=10.0, step=0.01, tooltip="At most this % of UNet parameters is trained (CNS: ~0.13 % for SD1.5, 2.5 % of its "
+                                         "cross-attention; the same share of SDXL's is ~0.54)."),
                 io.Int.Input("calibration_prompts", default=SelectConfig.n_calibration, min=0, max=100, tooltip="How many generic prompts decide which rows are 'general' (and never trained; CNS uses 20). 0, the default: no such filter, the top-scoring rows within the budget (no calibration passes); with the Train node's rank 16 this learned most on the toy, 8 concepts in a row (bench/RESULTS.md)."),
                 io.Combo.Input("general_scoring", options=["taylor", "activation"], tooltip="taylor: gradients on your images with generic prompts; activation: text only, faster."),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True,
