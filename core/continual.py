@@ -1,4 +1,4 @@
-"""Learn one concept into a model and its memory: select -> train -> merge -> update the DC Fisher."""
+"""Learn one concept into a model and its memory: select -> train -> merge -> update the DC Fisher (while EWC-DC is on)."""
 from __future__ import annotations
 
 import logging
@@ -70,11 +70,12 @@ def train_into_memory(
     first_image: torch.Tensor | None = None,
 ) -> tuple[TrainResult, ConceptRecord]:
     """Learn one concept into `memory` without writing the backend's weights: train, record the rows' pretrained
-    values and the concept, and fold its DC Fisher (measured at W + the new deltas). The CLI, the benchmarks and
-    the ComfyUI train node all learn through here; hosts that may write weights then bake (merge_result)."""
+    values and the concept, and, while EWC-DC is on, fold its DC Fisher (measured at W + the new deltas). The CLI,
+    the benchmarks and the ComfyUI train node all learn through here; hosts that may write weights then bake
+    (merge_result)."""
     if any(c.name == name for c in memory.concepts):
         raise ValueError(f"concept name '{name}' is already in this memory")
-    if train_cfg.lam_ewc > 0 and (bare := len(memory.concepts) - memory.fisher_updates) > 0:
+    if train_cfg.lam_ewc > 0 and (bare := sum(c.metrics.get("ewc_fisher") is False for c in memory.concepts)):
         logging.warning("EWC-DC protects only concepts learned with lam_ewc > 0: %d of this memory's %d concepts "
                         "have no Fisher", bare, len(memory.concepts))
     res = train_concept(backend, x0, captions or prompt, trigger, rows, memory, train_cfg, callback)
@@ -93,8 +94,8 @@ def train_into_memory(
     memory.record_pretrained(backend, record.rows)
     memory.add_concept(record)
     if train_cfg.lam_ewc > 0:
-        # only while EWC-DC is on: the dense fp32 Fisher over every projection weight is most of a memory file
-        # (SDXL: 2.2 GB against 5 MB of concepts), and EWC reads it only where lam_ewc > 0 (bench/RESULTS.md)
+        # only while EWC-DC is on: a dense fp32 value per projection weight would be most of every memory file
+        # (SD1.5: 176 MB, SDXL: 2.2 GB), and only EWC reads it (bench/RESULTS.md)
         update_fisher(backend, memory, x0, train_cfg, at=res.deltas)
     return res, record
 
