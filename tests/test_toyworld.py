@@ -156,3 +156,22 @@ def test_tradeoff_picture_reads_every_recorded_run(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["runs"] == 2
     with pytest.raises(SystemExit, match="no benchmark results"):
         tradeoff.main([str(tmp_path / "o")])
+
+
+def test_tradeoff_key_holds_every_run(tmp_path):
+    """The key lists every run however many there are (at 64 runs a fixed-size figure cut it off after 44), and
+    leaves out the benchmark command every run shares."""
+    import json
+
+    from continual_concepts.bench.toyworld import tradeoff
+
+    run = {"method": "cns+dsc", "accuracy_matrix": [[1.0], [0.5, 0.25]], "avg_acc": 0.375, "avg_forgetting": 0.5,
+           "base_acc_after": 0.9}
+    runs = [{**run, "settings": f"benchmark --methods cns+dsc --no-ceiling --threads 1 --set seed:{i}"}
+            for i in range(80)]
+    (tmp_path / "results_many.json").write_text(json.dumps(runs))
+    rows = tradeoff.runs(tmp_path)
+    assert rows[3]["label"] == "many: cns+dsc [--set seed:3]"
+    few, many = tradeoff.picture(rows[:10], "t"), tradeoff.picture(rows, "t")
+    line_px = tradeoff.KEY_LINE_INCHES * 90  # the figure's dpi
+    assert many.shape[0] >= 80 * line_px > few.shape[0]

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 GOAL_ACC, GOAL_FORGETTING = 0.8, 0.05  # issue 11's goals for the default method
+KEY_LINE_INCHES = 0.115  # one key line at 6.5 pt: the figure grows with the runs so that none is cut off
+# the command every benchmark run shares says nothing in the key; what follows it (--set …) does
+COMMON = re.compile(r"benchmark --methods \S+ --no-ceiling --threads \d+ ?")
 
 
 def runs(folder: Path) -> list[dict]:
@@ -25,8 +29,8 @@ def runs(folder: Path) -> list[dict]:
             if not (isinstance(r, dict) and r.get("accuracy_matrix")):
                 continue
             m = r["accuracy_matrix"]
-            extra = ", ".join(x for x in (r.get("settings", ""), "order " + r["order"].split(",")[0] + "…"
-                                          if r.get("order") else "") if x)
+            order = "order " + r["order"].split(",")[0] + "…" if r.get("order") else ""
+            extra = ", ".join(x for x in (COMMON.sub("", r.get("settings", "")), order) if x)
             label = f"{f.stem.removeprefix('results_')}: {r['method']}" + (f" [{extra}]" if extra else "")
             out.append({"file": f.name, "label": label,
                         "final": r["avg_acc"], "right_after": sum(m[i][i] for i in range(len(m))) / len(m),
@@ -38,7 +42,8 @@ def picture(rows: list[dict], title: str):
     from ...report.pictures import agg_pyplot, fig_to_array
 
     plt = agg_pyplot()
-    fig, (ax, key) = plt.subplots(1, 2, figsize=(14, 5.5), dpi=90, gridspec_kw={"width_ratios": [1, 1.25]})
+    height = max(5.5, KEY_LINE_INCHES * len(rows) + 0.6)
+    fig, (ax, key) = plt.subplots(1, 2, figsize=(14, height), dpi=90, gridspec_kw={"width_ratios": [1, 1.25]})
     sc = ax.scatter([r["forgetting"] for r in rows], [r["final"] for r in rows], c=[r["base_after"] for r in rows],
                     cmap="viridis", vmin=0.6, vmax=1.0, s=40, edgecolors="black", linewidths=0.5)
     for i, r in enumerate(rows):
