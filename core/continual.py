@@ -1,4 +1,4 @@
-"""Learn one concept into a model and its memory: select -> train -> merge -> update the DC Fisher (while EWC-DC is on)."""
+"""Learn one concept into a model and its memory: select -> train -> merge -> fold the DC Fisher (while EWC is on)."""
 from __future__ import annotations
 
 import logging

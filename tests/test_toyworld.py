@@ -137,6 +137,11 @@ def test_benchmark_seeds_run_each_method_once_per_seed_and_report_the_spread(mon
     assert "cns-seed2" in summary
 
 
+# one recorded 2-concept run, as the benchmark writes it (the trade-off tests' input)
+RUN = {"method": "cns+dsc", "accuracy_matrix": [[1.0], [0.5, 0.25]], "avg_acc": 0.375, "avg_forgetting": 0.5,
+       "base_acc_after": 0.9}
+
+
 def test_tradeoff_picture_reads_every_recorded_run(tmp_path, capsys):
     """`tradeoff`: one point per run with an accuracy matrix (other JSON ignored), right-after-learning = the
     matrix diagonal; a folder without runs is one clear error."""
@@ -144,9 +149,7 @@ def test_tradeoff_picture_reads_every_recorded_run(tmp_path, capsys):
 
     from continual_concepts.bench.toyworld import tradeoff
 
-    run = {"method": "cns+dsc", "accuracy_matrix": [[1.0], [0.5, 0.25]], "avg_acc": 0.375, "avg_forgetting": 0.5,
-           "base_acc_after": 0.9}
-    (tmp_path / "results_a.json").write_text(json.dumps([run, {**run, "settings": "lr:0.01"}]))
+    (tmp_path / "results_a.json").write_text(json.dumps([RUN, {**RUN, "settings": "lr:0.01"}]))
     (tmp_path / "ceilings.json").write_text(json.dumps([{"concept": "x", "heldout": 1.0}]))
     rows = tradeoff.runs(tmp_path)
     assert [r["label"] for r in rows] == ["a: cns+dsc", "a: cns+dsc [lr:0.01]"]
@@ -165,13 +168,11 @@ def test_tradeoff_key_holds_every_run(tmp_path):
 
     from continual_concepts.bench.toyworld import tradeoff
 
-    run = {"method": "cns+dsc", "accuracy_matrix": [[1.0], [0.5, 0.25]], "avg_acc": 0.375, "avg_forgetting": 0.5,
-           "base_acc_after": 0.9}
-    runs = [{**run, "settings": f"benchmark --methods cns+dsc --no-ceiling --threads 1 --set seed:{i}"}
+    runs = [{**RUN, "settings": f"benchmark --methods cns+dsc --no-ceiling --threads 1 --set seed:{i}"}
             for i in range(80)]
     (tmp_path / "results_many.json").write_text(json.dumps(runs))
     rows = tradeoff.runs(tmp_path)
     assert rows[3]["label"] == "many: cns+dsc [--set seed:3]"
     few, many = tradeoff.picture(rows[:10], "t"), tradeoff.picture(rows, "t")
-    line_px = tradeoff.KEY_LINE_INCHES * 90  # the figure's dpi
+    line_px = tradeoff.KEY_LINE_INCHES * tradeoff.DPI
     assert many.shape[0] >= 80 * line_px > few.shape[0]

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 GOAL_ACC, GOAL_FORGETTING = 0.8, 0.05  # issue 11's goals for the default method
+DPI = 90
 KEY_LINE_INCHES = 0.115  # one key line at 6.5 pt: the figure grows with the runs so that none is cut off
 # the command every benchmark run shares says nothing in the key; what follows it (--set …) does
 COMMON = re.compile(r"benchmark --methods \S+ --no-ceiling --threads \d+ ?")
@@ -43,7 +44,7 @@ def picture(rows: list[dict], title: str):
 
     plt = agg_pyplot()
     height = max(5.5, KEY_LINE_INCHES * len(rows) + 0.6)
-    fig, (ax, key) = plt.subplots(1, 2, figsize=(14, height), dpi=90, gridspec_kw={"width_ratios": [1, 1.25]})
+    fig, (ax, key) = plt.subplots(1, 2, figsize=(14, height), dpi=DPI, gridspec_kw={"width_ratios": [1, 1.25]})
     sc = ax.scatter([r["forgetting"] for r in rows], [r["final"] for r in rows], c=[r["base_after"] for r in rows],
                     cmap="viridis", vmin=0.6, vmax=1.0, s=40, edgecolors="black", linewidths=0.5)
     for i, r in enumerate(rows):
