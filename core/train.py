@@ -57,6 +57,8 @@ class TrainConfig:
     gradient_checkpointing: str = "auto"  # on / off / auto: measured from one forward and the free memory
     flip: bool = True  # train on the images and their mirror images (off for subjects whose sides differ)
     rank: int = 16  # r > 0: each layer's change of its selected rows is rank r; 0: every number of the rows trains
+    token_first: float = 0.25  # this fraction of the steps trains the trigger token alone, then rows and token
+    # (pivotal tuning: the concept finds its word before the rows move; bench/RESULTS.md, "Token first")
 
     def validate(self):
         if self.steps < 1:
@@ -67,6 +69,8 @@ class TrainConfig:
             raise ValueError("dsc_batch must be >= 1 and dc_max_candidates >= 2")
         if self.dc_every < 1:
             raise ValueError(f"dc_every must be at least 1 (got {self.dc_every})")
+        if not 0 <= self.token_first < 1:
+            raise ValueError(f"token_first must be in [0, 1) (got {self.token_first})")
         if self.rank < 0:
             raise ValueError(f"rank must be >= 0 (got {self.rank})")
         if self.dc_temperature <= 0:
@@ -196,6 +200,10 @@ def train_concept(
         token = torch.nn.Parameter(row.to(dev))
         params.append({"params": [token], "lr": cfg.token_lr * weight_rms(row)})
     opt = torch.optim.AdamW(params, weight_decay=0.0)
+    row_lr = opt.param_groups[0]["lr"]
+    # the token alone first (row adapters only: the ceiling and the LoRA baselines keep their published recipes);
+    # Adam still sees the rows' gradients meanwhile, so they start with their moments estimated
+    rows_from = round(cfg.token_first * cfg.steps) if rowwise and token is not None else 0
     anchors = row_anchors(backend, deltas, memory) if rowwise else None
     use_dsc = cfg.lam_dsc > 0 and memory is not None
     if use_dsc:
@@ -216,6 +224,7 @@ def train_concept(
         if ckpt["on"]:
             backend.enable_gradient_checkpointing()
         for step in range(cfg.steps):
+            opt.param_groups[0]["lr"] = 0.0 if step < rows_from else row_lr
             idx = torch.randint(0, len(x0), (min(cfg.batch_size, len(x0)),), generator=gen)
             xb = x0[idx].to(dev)
             t, eps = draw_t_eps(backend, xb, gen)

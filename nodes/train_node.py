@@ -82,6 +82,10 @@ class ContinualTrainStep(io.ComfyNode):
                                      "numbers; the memory keeps the rows' change as before). With Q/K/V/output rows, "
                                      "rank 16 held by DSC learned most on the toy (bench/RESULTS.md). 0: every number "
                                      "of the rows trains (then lr 0.002)."),
+                f("token_first", default=TrainConfig.token_first, min=0, max=0.95, step=0.05, optional=True,
+                  tooltip="This fraction of the steps trains the trigger word alone, then rows and word together "
+                          "(pivotal tuning: the concept finds its word before the rows move; 0 = both from the "
+                          "start). Measured on the toy over 5 runs: bench/RESULTS.md, 'Token first'."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
                      Memory.Output(display_name="memory"), io.Image.Output(display_name="loss_curve")],
@@ -91,7 +95,8 @@ class ContinualTrainStep(io.ComfyNode):
     def execute(cls, model, clip, vae, images, neurons, prompt, trigger, name, steps, lr, lam_prev, lam_base, lam_ewc,
                 lam_dsc, dc_every, seed, train_token=True, batch_size=4,
                 gradient_checkpointing="auto", memory=None, generic_prompt="a photo", replace=False,
-                flip=True, precision="auto", rank=TrainConfig.rank) -> io.NodeOutput:
+                flip=True, precision="auto", rank=TrainConfig.rank,
+                token_first=TrainConfig.token_first) -> io.NodeOutput:
         images = check_image_batch(images)
         check_trigger_in_prompt(prompt, trigger)
         if warning := size_warning(model, images):
@@ -100,7 +105,7 @@ class ContinualTrainStep(io.ComfyNode):
         cfg = TrainConfig(steps=steps, lr=lr, lam_prev=lam_prev, lam_base=lam_base, lam_ewc=lam_ewc, lam_dsc=lam_dsc,
                           dc_every=dc_every, train_token=train_token, seed=seed,
                           batch_size=batch_size, gradient_checkpointing=gradient_checkpointing, precision=precision,
-                          flip=flip, rank=rank)
+                          flip=flip, rank=rank, token_first=token_first)
         cfg.validate()
         if old:  # the memory must explain the model as it came in, before anything is taken out
             with reading_backend(model, clip) as b:

@@ -124,13 +124,30 @@ def test_seeded_training_is_reproducible():
     assert any(not torch.equal(a.deltas[n][1], c.deltas[n][1]) for n in a.deltas if n in c.deltas)
 
 
+def test_token_first_holds_the_rows_then_lets_them_move():
+    """token_first: the rows' change stays exactly zero while the token trains alone, and only that long."""
+    rows = {n: torch.tensor([0, 1]) for n in (l.name for l in backend().kv_layers())}
+
+    def learn(**kw):
+        b = backend()
+        return train_concept(b, b.encode_images(images()), "a sks", "sks", rows, None, TrainConfig(**kw))
+
+    held = learn(steps=4, token_first=0.99)  # round(3.96) = 4: every step the token's alone
+    assert all(float(d.abs().max()) == 0 for _, d in held.deltas.values())
+    assert not torch.equal(held.token, backend().token_row("sks").float())
+    moved = learn(steps=4, token_first=0.5)  # 2 steps alone, 2 with the rows
+    assert any(float(d.abs().max()) > 0 for _, d in moved.deltas.values())
+    with pytest.raises(ValueError, match="token_first"):
+        TrainConfig(token_first=1.0).validate()
+
+
 def test_nan_guard_and_cancel_leave_model_unchanged():
     b = backend()
     x0 = b.encode_images(images())
     rows = {l.name: torch.tensor([0, 1]) for l in b.kv_layers()}
     before = snapshot(b)
     with pytest.raises(NonFiniteLossError, match=r"step 2: diff=(inf|nan)"):
-        train_concept(b, x0, "a sks", "sks", rows, None, TrainConfig(steps=5, lr=1e30, lam_dsc=0))
+        train_concept(b, x0, "a sks", "sks", rows, None, TrainConfig(steps=5, lr=1e30, lam_dsc=0, token_first=0))
     assert all(torch.equal(before[k], v) for k, v in snapshot(b).items())
     b2 = backend()
     before2 = snapshot(b2)
