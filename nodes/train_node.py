@@ -85,7 +85,8 @@ class ContinualTrainStep(io.ComfyNode):
                 f("token_first", default=TrainConfig.token_first, min=0, max=0.95, step=0.05, optional=True,
                   tooltip="This fraction of the steps trains the trigger word alone, then rows and word together "
                           "(pivotal tuning: the concept finds its word before the rows move; 0 = both from the "
-                          "start). Measured on the toy over 5 runs: bench/RESULTS.md, 'Token first'."),
+                          "start; no effect with train_token off). Measured on the toy: bench/RESULTS.md, "
+                          "'Token first'."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
                      Memory.Output(display_name="memory"), io.Image.Output(display_name="loss_curve")],
