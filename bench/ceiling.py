@@ -7,10 +7,25 @@ import re
 from contextlib import contextmanager
 from dataclasses import replace
 
+import torch
+
 from ..core.images import training_views
 from ..core.train import TrainConfig, train_concept
 
 CEILING_LR = 2e-4  # absolute, Adam on every UNet weight (the toy model was pretrained at 6e-4)
+
+
+def torch_crashes_on_frozen_input_norms(unet, parts: str) -> bool:
+    """torch 2.13 (measured on its CPU build) segfaults in GroupNorm's backward when the norm's weights train and its
+    input does not (e.g. parts 'resnets\\.'); once conv_in trains, every norm's input carries a gradient."""
+    if tuple(int(v) for v in re.findall(r"\d+", torch.__version__)[:2]) >= (2, 14):
+        return False
+
+    def trains(module: str) -> bool:
+        return any(re.search(parts, f"{module}.{w}") for w in ("weight", "bias"))
+
+    norms = [n for n, m in unet.named_modules() if isinstance(m, torch.nn.GroupNorm)]
+    return any(trains(n) for n in norms) and not trains("conv_in")
 
 
 class WholeUNet:
@@ -23,6 +38,10 @@ class WholeUNet:
         self.params = [p for n, p in unet.named_parameters() if parts is None or re.search(parts, n)]
         if not self.params:
             raise ValueError(f"parts '{parts}' matches no UNet parameter")
+        if parts is not None and torch_crashes_on_frozen_input_norms(unet, parts):
+            raise ValueError(f"parts '{parts}' trains GroupNorm weights whose input is frozen: torch "
+                             f"{torch.__version__}'s backward pass crashes there (a segfault; 2.14.1 runs it). "
+                             f"Add 'conv_in' to the regex or use torch >= 2.14")
 
     def parameters(self):
         return iter(self.params)

@@ -70,3 +70,18 @@ def test_ceiling_restricted_to_parts_moves_only_those_weights():
     assert 0 < r["params_pct"] < 100 and r["heldout"] == 0.5
     with pytest.raises(ValueError, match="parts 'nothing' matches no UNet parameter"):
         WholeUNet(b.unet, "nothing")
+
+
+def test_ceiling_parts_that_crash_torch_213_are_a_clear_error():
+    """torch 2.13's CPU build segfaults in GroupNorm's backward when only the norm's weights train (a frozen input):
+    the parts tool says so instead of crashing; with conv_in trained, or on torch >= 2.14, it runs."""
+    from continual_concepts.bench.ceiling import WholeUNet, torch_crashes_on_frozen_input_norms
+
+    unet = DiffusersBackend(**build_tiny_components(TinyModelSpec(sample_size=8))).unet
+    old = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) < (2, 14)
+    assert torch_crashes_on_frozen_input_norms(unet, r"resnets\.") == old
+    assert not torch_crashes_on_frozen_input_norms(unet, r"conv_in|resnets\.")
+    assert not torch_crashes_on_frozen_input_norms(unet, r"attn2\.")
+    if old:
+        with pytest.raises(ValueError, match=r"parts 'resnets\\.' trains GroupNorm weights whose input is frozen"):
+            WholeUNet(unet, r"resnets\.")
