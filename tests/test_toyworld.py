@@ -137,6 +137,32 @@ def test_benchmark_seeds_run_each_method_once_per_seed_and_report_the_spread(mon
     assert "cns-seed2" in summary
 
 
+def test_ceilings_average_each_concept_over_training_seeds(monkeypatch, tmp_path, capsys):
+    """`--ceiling-seeds N`: each concept's ceiling is trained at seeds train.seed .. train.seed + N - 1 and the
+    denominator is their mean (one seed moves a concept by up to ±0.5); the per-seed values are kept."""
+    import json
+
+    from continual_concepts.bench.toyworld import benchmark
+
+    seen = []
+
+    def fake_ceiling(make_backend, world, spec, cfg):
+        seen.append((spec.name, cfg.seed))
+        return {"heldout": 0.25 * cfg.seed, "train_context": 1.0, "seconds": 1.0, "params_pct": 100.0}
+
+    monkeypatch.setattr(benchmark, "ceiling", fake_ceiling)
+    assert benchmark.main(["--methods", "", "--concepts", "2", "--ceiling-seeds", "3", "--set", "seed:1",
+                           "--out", str(tmp_path)]) == 0
+    world = benchmark.ToyWorld(n_concepts=2)
+    assert seen == [(s.name, k) for s in world.concepts for k in (1, 2, 3)]
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["ceiling_avg_acc"] == pytest.approx(0.5)  # (0.25 + 0.5 + 0.75) / 3 for each concept
+    kept = json.loads((tmp_path / "ceilings.json").read_text())
+    assert [c["heldout_per_seed"] for c in kept] == [[0.25, 0.5, 0.75]] * 2
+    with pytest.raises(SystemExit):
+        benchmark.main(["--methods", "", "--ceiling-seeds", "0"])
+
+
 # one recorded 2-concept run, as the benchmark writes it (the trade-off tests' input)
 RUN = {"method": "cns+dsc", "accuracy_matrix": [[1.0], [0.5, 0.25]], "avg_acc": 0.375, "avg_forgetting": 0.5,
        "base_acc_after": 0.9}
