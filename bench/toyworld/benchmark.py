@@ -124,7 +124,7 @@ def main(argv=None) -> int:
                                                   "the world's order)")
     ap.add_argument("--quick", action="store_true", help="5 concepts, no ceiling, diagonal + final accuracy only")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the ceilings (e.g. measured by another run)")
-    ap.add_argument("--ceiling-seeds", type=int, default=1, help="average each concept's ceiling over this many "
+    ap.add_argument("--ceiling-seeds", type=int, default=3, help="average each concept's ceiling over this many "
                                                                   "training seeds (one is ±0.3 per concept)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--steps", type=int, default=None, help=f"steps per concept (default {TRAIN.steps})")
