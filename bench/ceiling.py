@@ -71,5 +71,8 @@ def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR,
     if res.token is not None:
         backend.set_token_row(spec.trigger, res.token)
     n = sum(p.numel() for p in adapter.params)
+    # base_after: what the fine-tune costs the model's other prompts, which the ceiling is free to give up and the
+    # continual methods are not (bench/RESULTS.md)
     return {"heldout": world.concept_accuracy(backend, spec), "train_context": world.train_context_accuracy(backend, spec),
-            "seconds": res.seconds, "params_pct": 100 * n / backend.unet_param_count()}
+            "base_after": world.base_accuracy(backend), "seconds": res.seconds,
+            "params_pct": 100 * n / backend.unet_param_count()}

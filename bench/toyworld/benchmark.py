@@ -97,7 +97,8 @@ def ceilings(world, train: TrainConfig, log=print, backend=make_backend, seeds: 
         if seeds > 1:
             c.update(heldout_per_seed=[r["heldout"] for r in runs],
                      train_context_per_seed=[r["train_context"] for r in runs])
-        log(f"  ceiling {s.name}: held-out {c['heldout']:.2f}, training contexts {c['train_context']:.2f}"
+        log(f"  ceiling {s.name}: held-out {c['heldout']:.2f}, training contexts {c['train_context']:.2f}, "
+            f"base prompts after {c['base_after']:.2f}"
             + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
         out.append({"concept": s.name, **c})
     return out
