@@ -148,7 +148,8 @@ def test_ceilings_average_each_concept_over_training_seeds(monkeypatch, tmp_path
 
     def fake_ceiling(make_backend, world, spec, cfg):
         seen.append((spec.name, cfg.seed))
-        return {"heldout": 0.25 * cfg.seed, "train_context": 1.0, "base_after": 1.0, "seconds": 1.0, "params_pct": 100.0}
+        return {"heldout": 0.25 * cfg.seed, "train_context": 1.0, "base_after": 1.0, "seconds": 1.0,
+                "params_pct": 100.0}
 
     monkeypatch.setattr(benchmark, "ceiling", fake_ceiling)
     assert benchmark.main(["--methods", "", "--concepts", "2", "--ceiling-seeds", "3", "--set", "seed:1",
