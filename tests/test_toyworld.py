@@ -164,6 +164,24 @@ def test_ceilings_average_each_concept_over_training_seeds(monkeypatch, tmp_path
         benchmark.main(["--methods", "", "--ceiling-seeds", "0"])
 
 
+def test_demo_reports_what_its_ceilings_cost_the_base_prompts(monkeypatch, tmp_path):
+    """`make demo`'s last line: the method beside its ceilings, and the ceilings' own base-prompt accuracy after
+    (the ceiling may forget the model's other prompts; the method may not)."""
+    from continual_concepts.bench.toyworld import demo
+
+    ceil = [{"heldout": 1.0, "base_after": 0.2}, {"heldout": 0.5, "base_after": 0.4},
+            {"heldout": 0.0, "base_after": 0.9}]
+    monkeypatch.setattr(demo, "ceilings", lambda world, train, log: ceil)
+    keys = ("avg_acc", "avg_train_context_acc", "avg_forgetting", "base_acc_before", "base_acc_after", "params_pct",
+            "dc_probe_avg_acc", "samples_per_concept")
+    run = {"method": "cns+dsc", "ceiling_avg_acc": 0.5, **{k: 0.1 for k in keys}}
+    monkeypatch.setattr(demo, "run_method", lambda *a, **kw: run)
+    monkeypatch.setattr(demo, "write_outputs", lambda results, world, out: None)
+    r = demo.run_demo(tmp_path)
+    assert r["ceiling_base_acc_after"] == pytest.approx(0.5) and r["ceiling_avg_acc"] == 0.5
+    assert len(r["concepts"]) == 3 and r["base_acc_after"] == 0.1
+
+
 # one recorded 2-concept run, as the benchmark writes it (the trade-off tests' input)
 RUN = {"method": "cns+dsc", "accuracy_matrix": [[1.0], [0.5, 0.25]], "avg_acc": 0.375, "avg_forgetting": 0.5,
        "base_acc_after": 0.9}
