@@ -182,6 +182,35 @@ def test_demo_reports_what_its_ceilings_cost_the_base_prompts(monkeypatch, tmp_p
     assert len(r["concepts"]) == 3 and r["base_acc_after"] == 0.1
 
 
+def test_parts_sequence_reads_the_base_prompts_once_per_concept(monkeypatch, tmp_path):
+    """`parts --sequence`: the base prompts after each concept come from its ceiling step (each is one generation
+    pass), the last one is base_acc_after; nothing measures them a second time."""
+    from types import SimpleNamespace
+
+    from continual_concepts.bench.toyworld import parts
+
+    calls = []
+
+    class World:
+        def base_accuracy(self, backend):
+            calls.append("base")
+            return 1.0
+
+        def concept_accuracy(self, backend, spec):
+            return 0.5
+
+        def samples_per_concept(self):
+            return 24
+
+    monkeypatch.setattr(parts, "make_backend", lambda model: None)
+    afters = iter([0.9, 0.6])
+    monkeypatch.setattr(parts, "ceiling", lambda *a, **kw: {"heldout": 1.0, "base_after": next(afters)})
+    specs = [SimpleNamespace(name="a"), SimpleNamespace(name="b")]
+    r = parts.sequence(World(), specs, ("K/V", "attn2"), None, tmp_path)
+    assert r["base_after_each"] == [0.9, 0.6] and r["base_acc_after"] == 0.6 and r["base_acc_before"] == 1.0
+    assert calls == ["base"] and r["avg_forgetting"] == 0.5
+
+
 # one recorded 2-concept run, as the benchmark writes it (the trade-off tests' input)
 RUN = {"method": "cns+dsc", "accuracy_matrix": [[1.0], [0.5, 0.25]], "avg_acc": 0.375, "avg_forgetting": 0.5,
        "base_acc_after": 0.9}

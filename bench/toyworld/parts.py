@@ -25,13 +25,14 @@ def sequence(world, specs, part: tuple[str, str], model, out: Path, train=TRAIN,
     forgetting, base accuracy before and after."""
     backend = make_backend(model)
     base_before = world.base_accuracy(backend)
-    right_after = [ceiling(lambda: backend, world, s, train, lr, parts=part[1] or None)["heldout"] for s in specs]
+    steps = [ceiling(lambda: backend, world, s, train, lr, parts=part[1] or None) for s in specs]
+    right_after = [c["heldout"] for c in steps]
     final = [world.concept_accuracy(backend, s) for s in specs]
     r = {"parts": part[0], "regex": part[1], "concepts": [s.name for s in specs], "right_after": right_after,
          "final": final, "avg_final": sum(final) / len(final),
          "avg_forgetting": sum(max(0.0, d - f) for d, f in zip(right_after[:-1], final[:-1])) / max(1, len(final) - 1),
-         "base_acc_before": base_before, "base_acc_after": world.base_accuracy(backend),
-         "samples": world.samples_per_concept()}
+         "base_acc_before": base_before, "base_after_each": [c["base_after"] for c in steps],
+         "base_acc_after": steps[-1]["base_after"], "samples": world.samples_per_concept()}
     (out / "sequence.json").write_text(json.dumps(r, indent=2))
     return r
 
