@@ -47,6 +47,21 @@ class WholeUNet:
         return iter(self.params)
 
     @contextmanager
+    def disabled(self):
+        """The weights as they were before training (the teacher of the prior term): a frozen copy, made once, swapped
+        in and back."""
+        if not hasattr(self, "_before"):
+            self._before = [p.detach().clone() for p in self.params]
+        now = [p.data for p in self.params]
+        for p, b in zip(self.params, self._before):
+            p.data = b
+        try:
+            yield
+        finally:
+            for p, n in zip(self.params, now):
+                p.data = n
+
+    @contextmanager
     def applied(self, backend):
         for p in self.params:
             p.requires_grad_(True)
@@ -57,17 +72,20 @@ class WholeUNet:
                 p.requires_grad_(False)
 
 
-def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR, parts: str | None = None) -> dict:
+def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR, parts: str | None = None,
+            lam_prior: float = 0.0) -> dict:
     """Fine-tune a fresh model on one concept; its held-out- and training-context accuracy. `parts` restricts the
-    fine-tune to the UNet weights whose names match (where the concept can be carried)."""
+    fine-tune to the UNet weights whose names match (where the concept can be carried); lam_prior > 0 holds the
+    world's calibration prompts to the fresh model's predictions (prior preservation, core.train.prior_loss)."""
     backend = make_backend()
     views, captions = training_views(spec.images, spec.captions, cfg.flip)
     x0 = backend.encode_images(views)
     # no gradient clipping: on every UNet weight it normalises each step's gradient; a clipped ceiling run measured
     # checker-square 0.46 held-out where an unclipped one (other image draws) measured 0.92, 24 samples each
-    cfg = replace(cfg, lr=lr, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, max_grad_norm=None)
+    cfg = replace(cfg, lr=lr, lam_prev=0, lam_base=0, lam_ewc=0, lam_dsc=0, lam_prior=lam_prior, max_grad_norm=None)
     adapter = WholeUNet(backend.unet, parts)
-    res = train_concept(backend, x0, captions or spec.prompt, spec.trigger, None, None, cfg, adapter=adapter)
+    res = train_concept(backend, x0, captions or spec.prompt, spec.trigger, None, None, cfg, adapter=adapter,
+                        prior_prompts=world.calibration_prompts if lam_prior else None)
     if res.token is not None:
         backend.set_token_row(spec.trigger, res.token)
     n = sum(p.numel() for p in adapter.params)

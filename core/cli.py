@@ -108,7 +108,9 @@ def cmd_train(a):
     from .memory import ContinualMemory
     from .neurons import SelectConfig
     from .train import TrainConfig
+    from .validate import prior_prompt_lines
 
+    prior = prior_prompt_lines("\n".join(a.prior_prompt or []), a.trigger)
     b = load_backend(a.model)
     images = load_image_folder(a.images, a.size, a.fit)
     b.trigger_token_id(a.trigger)
@@ -124,7 +126,7 @@ def cmd_train(a):
         except Exception as e:
             raise ValueError(f"--neurons: cannot read {a.neurons} ({e})") from None
     o = learn_concept(b, mem, images, a.name or a.trigger, a.trigger, a.prompt, _cfg(SelectConfig, a, "select-"),
-                      _cfg(TrainConfig, a), callback=_progress(), rows=rows)
+                      _cfg(TrainConfig, a), prior, callback=_progress(), rows=rows)
     mem.save(out)
     save_png(out.with_suffix(".loss.png"), loss_curve(o.result.history))
     print(json.dumps({"concept": o.record.name, "rows": o.record.n_rows, "seconds": round(o.result.seconds, 2),
@@ -182,6 +184,7 @@ def cmd_sequence(a):
     from .neurons import SelectConfig
     from .sequence import ConceptSpec
     from .train import TrainConfig
+    from .validate import prior_prompt_lines
 
     path = Path(a.config)
     if not path.is_file():
@@ -192,6 +195,12 @@ def cmd_sequence(a):
         raise ValueError(f"config: {path} is not valid JSON/YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(cfg, dict) or not cfg.get("concepts"):
         raise ValueError(f"config: {path} needs a non-empty 'concepts' list")
+    cal = cfg.get("calibration_prompts")
+    if cal is not None and (not isinstance(cal, list) or not all(isinstance(p, str) for p in cal)):
+        raise ValueError("config: 'calibration_prompts' must be a list of prompts")
+    for c in cfg["concepts"]:
+        if isinstance(c, dict) and isinstance(c.get("trigger"), str):
+            prior_prompt_lines("\n".join(cal or []), c["trigger"])
     out = Path(a.out)
     if out.exists():
         raise FileExistsError(f"--out: {out} already exists: refusing to overwrite")
@@ -308,6 +317,8 @@ def build_parser():
     t.add_argument("--name", default=None)
     t.add_argument("--neurons", default=None, help="rows from `select` (default: select now)")
     t.add_argument("--generic-prompt", default="a photo")
+    t.add_argument("--prior-prompt", action="append", help="a prompt the model should keep drawing as before "
+                   "(lam_prior's, and CNS's calibration prompts; repeatable; default: 100 shipped generic prompts)")
     t.add_argument("--out-memory", required=True)
     _cfg_args(t, SelectConfig, "select-")
     _cfg_args(t, TrainConfig)

@@ -11,7 +11,7 @@ from .backends.base import Backend
 from .fisher import dc_fisher
 from .images import thumbnail, training_views
 from .memory import ConceptRecord, ContinualMemory
-from .neurons import NeuronSelection, SelectConfig, select_concept_neurons
+from .neurons import NeuronSelection, SelectConfig, default_calibration_prompts, select_concept_neurons
 from .train import TrainConfig, TrainResult, train_concept
 
 
@@ -68,17 +68,20 @@ def train_into_memory(
     captions: list[str] | None = None,
     metrics: dict | None = None,
     first_image: torch.Tensor | None = None,
+    prior_prompts: list[str] | None = None,
 ) -> tuple[TrainResult, ConceptRecord]:
     """Learn one concept into `memory` without writing the backend's weights: train, record the rows' pretrained
     values and the concept, and, while EWC-DC is on, fold its DC Fisher (measured at W + the new deltas). The CLI,
     the benchmarks and the ComfyUI train node all learn through here; hosts that may write weights then bake
-    (merge_result)."""
+    (merge_result). prior_prompts: what the prior term (lam_prior) keeps drawing as before (none: the shipped generic
+    prompts, core/data/calibration_prompts.txt)."""
     if any(c.name == name for c in memory.concepts):
         raise ValueError(f"concept name '{name}' is already in this memory")
     if train_cfg.lam_ewc > 0 and (bare := sum(c.metrics.get("ewc_fisher") is False for c in memory.concepts)):
         logging.warning("EWC-DC protects only concepts learned with lam_ewc > 0: %d of this memory's %d concepts "
                         "have no Fisher", bare, len(memory.concepts))
-    res = train_concept(backend, x0, captions or prompt, trigger, rows, memory, train_cfg, callback)
+    res = train_concept(backend, x0, captions or prompt, trigger, rows, memory, train_cfg, callback,
+                        prior_prompts=prior_prompts or default_calibration_prompts())
     n_params = sum(d.numel() for _, d in res.deltas.values())
     record = ConceptRecord(
         name, trigger, prompt,
@@ -131,7 +134,8 @@ def learn_concept(
     else:
         sel = NeuronSelection(rows, report={"selected_rows": sum(len(r) for r in rows.values()), "given": True})
     res, record = train_into_memory(backend, memory, x_all, name, trigger, prompt, sel.rows, train_cfg, callback,
-                                    view_captions, metrics={"selected_rows": sel.n_rows}, first_image=images[0])
+                                    view_captions, metrics={"selected_rows": sel.n_rows}, first_image=images[0],
+                                    prior_prompts=calibration_prompts)
     record.config["select"] = asdict(select_cfg)
     bake(backend, record)
     return ConceptOutcome(sel, res, record)

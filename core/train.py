@@ -8,6 +8,7 @@ L = L_diff
   + lam_base * mean( (u + (W_before - W_pretrained) / rms)^2 )       stay near the pretrained value (every row)
   + lam_ewc  * mean( F * u^2 )                                       F: DC Fisher, normalised to mean 1
   + lam_dsc  * DSC(x_t) every dc_every steps                         teacher = the model before this concept
+  + lam_prior * mean( (eps(x_t, c_generic) - eps_teacher(x_t, c_generic))^2 )   prior preservation, same teacher
 u is exactly the trainable delta, and the teacher is the same network with the delta switched off, so no second
 model copy is ever made. Every regulariser is exactly off at lambda = 0. Learning rates are relative too: Adam
 moves each element by about lr per step, i.e. by lr x rms in the weight's units.
@@ -45,6 +46,9 @@ class TrainConfig:
     lam_base: float = 0.1
     lam_ewc: float = 0.0  # EWC-DC: off by default, no measurable effect on the toy (bench/RESULTS.md); 1.0 when on
     lam_dsc: float = 1.0
+    lam_prior: float = 1.0  # prior preservation: eps-MSE against the model before this concept on generic prompts
+    # (the rows learn without the model's other prompts drifting; bench/RESULTS.md, "Prior preservation")
+    prior_batch: int = 2  # prior prompts per step, each at the x_t of one training image
     dc_every: int = 1  # DSC every step: its eps-MSE on c0 keeps the unconditional branch CFG extrapolates from
     dsc_batch: int = 1  # DSC distils on this many x_t of the batch (cost grows with it × candidates)
     dc_max_candidates: int = 5  # c0 + up to 4 sampled earlier concepts per DSC step (Jha et al.: k = 5)
@@ -75,7 +79,9 @@ class TrainConfig:
             raise ValueError(f"rank must be >= 0 (got {self.rank})")
         if self.dc_temperature <= 0:
             raise ValueError(f"dc_temperature must be positive (got {self.dc_temperature})")
-        for k in ("lam_prev", "lam_base", "lam_ewc", "lam_dsc"):
+        if self.prior_batch < 1:
+            raise ValueError(f"prior_batch must be at least 1 (got {self.prior_batch})")
+        for k in ("lam_prev", "lam_base", "lam_ewc", "lam_dsc", "lam_prior"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0 (got {getattr(self, k)})")
         check_precision(self.precision)
@@ -135,20 +141,34 @@ def row_penalties(u: torch.Tensor, anchors: RowAnchors, cfg: TrainConfig) -> dic
     return terms
 
 
+def teacher_and_student(backend, deltas, x0, t, eps, contexts):
+    """(per-sample error, eps prediction) of the model before this concept (the delta switched off, no copy) and of
+    the model being trained, at the same x_t: what DSC and the prior term compare."""
+    with torch.no_grad(), deltas.disabled():
+        teacher = denoise_error(backend, x0, t, eps, contexts, return_pred=True)
+    return teacher, denoise_error(backend, x0, t, eps, contexts, return_pred=True)
+
+
 def dsc_loss(backend, deltas, x0, contexts, gen, cfg: TrainConfig, j: int):
     """KL(P_teacher || P_student) over the DC candidates + eps MSE on candidate j, one shared x_t."""
     B, K = x0.shape[0], contexts.shape[0]
     t, eps = draw_t_eps(backend, x0, gen)
     xr, er, tr = x0.repeat_interleave(K, 0), eps.repeat_interleave(K, 0), t.repeat_interleave(K, 0)
-    cr = contexts.repeat(B, 1, 1)
-    with torch.no_grad(), deltas.disabled():
-        err_t, e_t = denoise_error(backend, xr, tr, er, cr, return_pred=True)
-    err_s, e_s = denoise_error(backend, xr, tr, er, cr, return_pred=True)
+    (err_t, e_t), (err_s, e_s) = teacher_and_student(backend, deltas, xr, tr, er, contexts.repeat(B, 1, 1))
     lt = dc_logits(err_t.view(B, K), cfg.dc_temperature)
     ls = dc_logits(err_s.view(B, K), cfg.dc_temperature)
     kl = F.kl_div(ls.log_softmax(1), lt.log_softmax(1), log_target=True, reduction="batchmean")
     mse = (e_s.view(B, K, -1)[:, j] - e_t.view(B, K, -1)[:, j]).pow(2).mean()
     return kl + mse
+
+
+def prior_loss(backend, deltas, x0, contexts, gen):
+    """Prior preservation without class images: the eps the model predicts for generic prompts, at x_t of the
+    concept's images, held to what the model before this concept predicts there (DreamBooth's prior term, with the
+    frozen model's prediction in place of images sampled from it)."""
+    t, eps = draw_t_eps(backend, x0, gen)
+    (_, e_t), (_, e_s) = teacher_and_student(backend, deltas, x0, t, eps, contexts)
+    return (e_s - e_t).pow(2).mean()
 
 
 def _per_image_prompts(prompt, n: int) -> list[str]:
@@ -168,6 +188,7 @@ def train_concept(
     cfg: TrainConfig | None = None,
     callback=None,
     adapter=None,
+    prior_prompts: list[str] | None = None,
 ) -> TrainResult:
     """Train; return the deltas. The backend's weights are never written (bake the result to merge).
 
@@ -210,6 +231,10 @@ def train_concept(
         with torch.no_grad():
             cand_ctx = backend.encode_text(memory.candidates(), memory.tokens()).detach()
         n_prev = len(memory.concepts)
+    use_prior = cfg.lam_prior > 0 and bool(prior_prompts)
+    if use_prior:
+        with torch.no_grad():
+            prior_ctx = backend.encode_text(list(prior_prompts)).detach()
     fixed_ctx = None if token is not None else backend.encode_text(uniq).detach()
     history, t0 = [], time.perf_counter()
     with deltas.applied(backend):
@@ -219,7 +244,8 @@ def train_concept(
             ctx1 = backend.encode_text(uniq[:1], {trigger: token}) if token is not None else fixed_ctx[:1]
             return denoise_error(backend, x0[:1].to(dev), t1, eps1, ctx1).sum()
 
-        passes = min(cfg.batch_size, len(x0)) + (cfg.dsc_batch * min(cfg.dc_max_candidates, n_prev + 1) if use_dsc else 0)
+        passes = (min(cfg.batch_size, len(x0)) + (cfg.dsc_batch * min(cfg.dc_max_candidates, n_prev + 1) if use_dsc else 0)
+                  + (cfg.prior_batch if use_prior else 0))
         ckpt = decide(cfg.gradient_checkpointing, one_sample, passes, backend.free_memory(), backend.networks())
         if ckpt["on"]:
             backend.enable_gradient_checkpointing()
@@ -240,6 +266,10 @@ def train_concept(
                 j = 1 if earlier else 0
                 terms["dsc"] = cfg.lam_dsc * dsc_loss(backend, deltas, xb[: cfg.dsc_batch], cand_ctx[[0] + earlier],
                                                       gen, cfg, j)
+            if use_prior:
+                pi = torch.randint(0, len(prior_ctx), (cfg.prior_batch,), generator=gen)
+                xi = torch.randint(0, len(x0), (cfg.prior_batch,), generator=gen)
+                terms["prior"] = cfg.lam_prior * prior_loss(backend, deltas, x0[xi].to(dev), prior_ctx[pi], gen)
             loss = sum(terms.values())
             vals = {k: float(v.detach()) for k, v in terms.items()}
             if not torch.isfinite(loss):

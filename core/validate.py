@@ -1,5 +1,6 @@
-"""Checks that cost nothing and so run before any model work: the prompt names its trigger, and a concept's name
-and trigger are new to the memory (or the caller asked to replace the concept that has them)."""
+"""Checks that cost nothing and so run before any model work: the prompt names its trigger (and the prior prompts do
+not), and a concept's name and trigger are new to the memory (or the caller asked to replace the concept that has
+them)."""
 from __future__ import annotations
 
 import re
@@ -13,6 +14,17 @@ def check_trigger_in_prompt(prompt: str, trigger: str) -> None:
         raise ValueError("trigger: empty; give a rare word that is exactly one token (e.g. 'sks')")
     if not re.search(rf"(?<![\w]){re.escape(trigger.strip())}(?![\w])", prompt):
         raise ValueError(f"prompt: must contain the trigger word '{trigger.strip()}' (got '{prompt}')")
+
+
+def prior_prompt_lines(text: str, trigger: str) -> list[str] | None:
+    """The prior prompts, one per line (None: none given, use the shipped generic ones); a line that names the
+    trigger would hold the concept's own word to what it drew before, so it is an error."""
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    word = re.compile(rf"(?<![\w]){re.escape(trigger.strip())}(?![\w])") if trigger.strip() else None
+    if word and (bad := [i + 1 for i, l in enumerate(lines) if word.search(l)]):
+        raise ValueError(f"prior_prompts: line {bad[0]} contains the trigger '{trigger.strip()}'; prior prompts are "
+                         "what the model should keep drawing as before, without the new concept")
+    return lines or None
 
 
 def concepts_to_replace(memory: ContinualMemory | None, name: str, trigger: str, replace: bool) -> list[ConceptRecord]:

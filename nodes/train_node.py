@@ -13,7 +13,7 @@ from ..core.images import check_image_batch, training_views
 from ..core.memory import ContinualMemory
 from ..core.precision import PRECISIONS
 from ..core.train import TrainConfig
-from ..core.validate import check_trigger_in_prompt, concepts_to_replace
+from ..core.validate import check_trigger_in_prompt, concepts_to_replace, prior_prompt_lines
 from ..report.pictures import loss_curve
 from .common import (CATEGORY, Memory, Neurons, image, patched_clip, patched_model, progress, reading_backend,
                      size_warning, training_backend)
@@ -87,6 +87,13 @@ class ContinualTrainStep(io.ComfyNode):
                           "(pivotal tuning: the concept finds its word before the rows move; 0 = both from the "
                           "start; no effect with train_token off). Measured on the toy: bench/RESULTS.md, "
                           "'Token first'."),
+                f("lam_prior", default=TrainConfig.lam_prior, min=0, max=1e6, step=0.01, optional=True,
+                  tooltip="Prior preservation: what the model predicts for the prior prompts stays what it predicted "
+                          "before this concept (0 = off). Lets the rows learn without the model's other prompts "
+                          "drifting; measured on the toy: bench/RESULTS.md, 'Prior preservation'."),
+                io.String.Input("prior_prompts", default="", multiline=True, optional=True,
+                                tooltip="The prompts lam_prior keeps, one per line, without the trigger (e.g. the "
+                                        "subject's class: 'a photo of a dog'). Empty: 100 shipped generic prompts."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
                      Memory.Output(display_name="memory"), io.Image.Output(display_name="loss_curve")],
@@ -97,16 +104,17 @@ class ContinualTrainStep(io.ComfyNode):
                 lam_dsc, dc_every, seed, train_token=True, batch_size=4,
                 gradient_checkpointing="auto", memory=None, generic_prompt="a photo", replace=False,
                 flip=True, precision="auto", rank=TrainConfig.rank,
-                token_first=TrainConfig.token_first) -> io.NodeOutput:
+                token_first=TrainConfig.token_first, lam_prior=TrainConfig.lam_prior, prior_prompts="") -> io.NodeOutput:
         images = check_image_batch(images)
         check_trigger_in_prompt(prompt, trigger)
+        prior = prior_prompt_lines(prior_prompts, trigger)
         if warning := size_warning(model, images):
             logging.warning("Continual Train Step: %s", warning)
         old = concepts_to_replace(memory, name, trigger, replace)
         cfg = TrainConfig(steps=steps, lr=lr, lam_prev=lam_prev, lam_base=lam_base, lam_ewc=lam_ewc, lam_dsc=lam_dsc,
                           dc_every=dc_every, train_token=train_token, seed=seed,
                           batch_size=batch_size, gradient_checkpointing=gradient_checkpointing, precision=precision,
-                          flip=flip, rank=rank, token_first=token_first)
+                          flip=flip, rank=rank, token_first=token_first, lam_prior=lam_prior)
         cfg.validate()
         if old:  # the memory must explain the model as it came in, before anything is taken out
             with reading_backend(model, clip) as b:
@@ -123,7 +131,7 @@ class ContinualTrainStep(io.ComfyNode):
             x0 = b.encode_images(training_views(images, None, cfg.flip)[0])
             cb = progress(steps, lambda s, t, terms: f"step {s}/{t} loss {terms.get('total', 0):.4f}")
             res, _ = train_into_memory(b, mem, x0, name, trigger, prompt, neurons.rows, cfg, callback=cb,
-                                       first_image=images[0])
+                                       first_image=images[0], prior_prompts=prior)
             logging.info("Continual Train Step: gradient checkpointing %s", res.checkpointing)
             out_clip = patched_clip(clip, b, trigger, res.token)
         with torch.inference_mode(False):

@@ -40,6 +40,7 @@ def test_method_learns_two_concepts(method):
         assert any("dsc" in h for h in res.history) and "ewc" in res.history[-1]
     if method == "cns+dsc":
         assert any("dsc" in h for h in res.history) and not any("ewc" in h for h in res.history)
+    assert all(("prior" in h) == (method == "cns+dsc") for h in res.history)  # the default's own term
 
 
 def test_unknown_method_is_a_clear_error():
@@ -73,6 +74,24 @@ def test_ceiling_restricted_to_parts_moves_only_those_weights():
     assert 0 < r["params_pct"] < 100 and r["heldout"] == 0.5 and r["base_after"] == 0.75
     with pytest.raises(ValueError, match="parts 'nothing' matches no UNet parameter"):
         WholeUNet(b.unet, "nothing")
+
+
+def test_whole_unet_teacher_is_the_weights_before_training():
+    """WholeUNet.disabled(): the prior term's teacher for the ceiling (trained in place) is a frozen copy of the
+    weights as they were first asked for, swapped in and back."""
+    from continual_concepts.bench.ceiling import WholeUNet
+
+    unet = DiffusersBackend(**build_tiny_components(TinyModelSpec(sample_size=8))).unet
+    ad = WholeUNet(unet, r"attn2\.to_k\.")
+    before = [p.detach().clone() for p in ad.parameters()]
+    with ad.disabled():
+        pass
+    with torch.no_grad():
+        for p in ad.parameters():
+            p.add_(1.0)
+    with ad.disabled():
+        assert all(torch.equal(p, b) for p, b in zip(ad.parameters(), before))
+    assert all(torch.equal(p, b + 1.0) for p, b in zip(ad.parameters(), before))
 
 
 def test_ceiling_parts_that_crash_torch_213_are_a_clear_error():

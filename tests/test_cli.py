@@ -74,7 +74,8 @@ def test_train_chains_memory(workdir, capsys):
               "--select-rho-base", "0.3", "--select-n-draws", "1", "--fisher-draws", "1"]
     assert main(["train", *common, "--prompt", "a sks", "--trigger", "sks", "--out-memory", "m1.safetensors"]) == 0
     assert main(["train", *common, "--prompt", "a zwx", "--trigger", "zwx", "--memory", "m1.safetensors",
-                 "--out-memory", "m2.safetensors"]) == 0
+                 "--out-memory", "m2.safetensors", "--lam-prior", "2", "--prior-prompt", "a red circle",
+                 "--prior-prompt", "a photo of a dog"]) == 0
     from continual_concepts.core.memory import ContinualMemory
 
     assert [c.trigger for c in ContinualMemory.load("m2.safetensors").concepts] == ["sks", "zwx"]
@@ -83,6 +84,7 @@ def test_train_chains_memory(workdir, capsys):
     shown = json.loads(capsys.readouterr().out)["concepts"]
     assert [c["name"] for c in shown] == ["sks", "zwx"] and all(c["steps"] == 3 for c in shown)
     assert all(0 < c["params_pct"] < 100 and c["date"].startswith("20") for c in shown)
+    assert ContinualMemory.load("m2.safetensors").concepts[1].config["train"]["lam_prior"] == 2.0
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -93,10 +95,13 @@ def test_train_chains_memory(workdir, capsys):
     (["select", "--images", "a", "--prompt", "a sks", "--trigger", "not-a-token", "--out", "n.safetensors"], "trigger"),
     (["select", "--model", "nomodel", "--images", "a", "--prompt", "a", "--trigger", "sks", "--out", "n.safetensors"], "--model"),
     (["train", "--images", "a", "--prompt", "a sks", "--trigger", "sks", "--steps", "0", "--out-memory", "m.safetensors"], "steps"),
+    (["train", "--images", "a", "--prompt", "a sks", "--trigger", "sks", "--prior-prompt", "sks on a table",
+      "--out-memory", "m.safetensors"], "prior_prompts: line 1 contains the trigger"),
     (["probe", "--images", "a"], "candidate"),
     (["probe", "--images", "a", "--memory", "corrupt.safetensors"], "corrupt"),
     (["sequence", "nothere.yaml", "--out", "run"], "does not exist"),
     (["sequence", "badcaptions.yaml", "--out", "run"], "one caption per image"),
+    (["sequence", "badprior.yaml", "--out", "run"], "prior_prompts: line 2 contains the trigger 'zwx'"),
     (["gallery", "--memory", "nothere.safetensors", "--out", "g.png"], "does not exist"),
     (["gallery", "--memory", str(Path(__file__).parent / "data" / "memory_v1_tiny.safetensors"), "--size", "30",
       "--out", "g.png"], "multiple of 8"),
@@ -110,6 +115,9 @@ def test_bad_input_one_line_exit_2_nothing_written(workdir, capsys, argv, needle
     (workdir / "corrupt.safetensors").write_bytes(os.urandom(200))
     (workdir / "badcaptions.yaml").write_text("model: tiny\nconcepts:\n"
                                               "  - {trigger: sks, prompt: a sks, images: a, captions: [a sks]}\n")
+    (workdir / "badprior.yaml").write_text("model: tiny\ncalibration_prompts: [a cat, a zwx mug]\nconcepts:\n"
+                                           "  - {trigger: sks, prompt: a sks, images: a}\n"
+                                           "  - {trigger: zwx, prompt: a zwx, images: a}\n")
     before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -103,18 +103,46 @@ def _learn_two(cfg: TrainConfig, seed=0):
     prev = mem.prev_rows()
     rows = {n: torch.unique(torch.cat([sel.rows[n], prev.get(n, torch.empty(0, dtype=torch.long))[:2]])) for n in sel.rows}
     assert sum(len(r) for r in prev.values()) > 0
-    return train_concept(b, x0, "a zwx", "zwx", rows, mem, cfg)
+    return train_concept(b, x0, "a zwx", "zwx", rows, mem, cfg, prior_prompts=CAL)
 
 
-@pytest.mark.parametrize("lam", ["lam_prev", "lam_base", "lam_ewc", "lam_dsc"])
+@pytest.mark.parametrize("lam", ["lam_prev", "lam_base", "lam_ewc", "lam_dsc", "lam_prior"])
 def test_each_regulariser_exactly_off_at_zero_and_active_above(lam):
-    zero = {k: 0.0 for k in ("lam_prev", "lam_base", "lam_ewc", "lam_dsc")}
-    off = _learn_two(TrainConfig(steps=4, dc_every=1, **zero))
-    on = _learn_two(TrainConfig(steps=4, dc_every=1, **{**zero, lam: 50.0}))
-    key = {"lam_prev": "prev", "lam_base": "base", "lam_ewc": "ewc", "lam_dsc": "dsc"}[lam]
+    zero = {k: 0.0 for k in ("lam_prev", "lam_base", "lam_ewc", "lam_dsc", "lam_prior")}
+    off = _learn_two(TrainConfig(steps=4, dc_every=1, token_first=0, **zero))
+    on = _learn_two(TrainConfig(steps=4, dc_every=1, token_first=0, **{**zero, lam: 50.0}))
+    key = {"lam_prev": "prev", "lam_base": "base", "lam_ewc": "ewc", "lam_dsc": "dsc", "lam_prior": "prior"}[lam]
     assert all(key not in h for h in off.history)
     assert any(h.get(key, 0) > 0 for h in on.history)
     assert any(not torch.equal(off.deltas[n][1], on.deltas[n][1]) for n in off.deltas)
+
+
+def test_prior_term_holds_what_the_model_predicts_for_generic_prompts():
+    """Prior preservation: trained hard with the term on, the rows change the eps of prompts they were not taught
+    less than with it off; with nothing learned yet the term is exactly 0 (the teacher is the model itself)."""
+    b0 = backend()
+    rows = {l.name: torch.arange(8) for l in b0.kv_layers()}
+    x0, probe = b0.encode_images(images()), b0.encode_images(images(seed=5))
+    gen = torch.Generator().manual_seed(3)
+    t = torch.full((len(probe),), 500, dtype=torch.long)
+    eps = torch.randn(probe.shape, generator=gen)
+    ctx = b0.encode_text(CAL[:3])
+    with torch.no_grad():
+        before = b0.noise_and_predict_eps(probe, t, eps, ctx)
+
+    def drift(lam):
+        b = backend()
+        cfg = TrainConfig(steps=40, lr=0.05, token_first=0, lam_base=0, lam_prior=lam, prior_batch=3, rank=0)
+        res = train_concept(b, x0, "a sks", "sks", rows, None, cfg, prior_prompts=CAL)
+        if lam:
+            assert res.history[0]["prior"] == 0.0
+        for n, (r, d) in res.deltas.items():
+            b.bake_rows(n, r, d)
+        with torch.no_grad():
+            return float((b.noise_and_predict_eps(probe, t, eps, ctx) - before).pow(2).mean())
+
+    free, held = drift(0.0), drift(100.0)
+    assert held < 0.5 * free, (held, free)
 
 
 def test_seeded_training_is_reproducible():

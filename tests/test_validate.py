@@ -2,7 +2,7 @@
 import pytest
 
 from continual_concepts.core.memory import ConceptRecord, ContinualMemory
-from continual_concepts.core.validate import check_trigger_in_prompt, concepts_to_replace
+from continual_concepts.core.validate import check_trigger_in_prompt, concepts_to_replace, prior_prompt_lines
 
 
 @pytest.mark.parametrize("prompt", ["a photo of sks", "sks", "a photo of sks, on a table", "(sks) dog"])
@@ -15,6 +15,13 @@ def test_trigger_standing_as_a_word_passes(prompt):
 def test_trigger_missing_from_prompt_is_one_error(prompt, trigger):
     with pytest.raises(ValueError, match="trigger|prompt"):
         check_trigger_in_prompt(prompt, trigger)
+
+
+def test_prior_prompts_are_lines_without_the_trigger():
+    assert prior_prompt_lines("", "sks") is None and prior_prompt_lines(" \n \n", "sks") is None
+    assert prior_prompt_lines(" a photo of a dog \n\na sksx mug\n", "sks") == ["a photo of a dog", "a sksx mug"]
+    with pytest.raises(ValueError, match="prior_prompts: line 2 contains the trigger 'sks'"):
+        prior_prompt_lines("a photo of a dog\na photo of sks", "sks")
 
 
 def memory():

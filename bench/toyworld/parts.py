@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sequence", action="store_true", help="the first part, concept after concept, in one model")
     ap.add_argument("--lr", type=float, default=CEILING_LR, help="Adam lr on the fine-tuned weights (absolute)")
     ap.add_argument("--steps", type=int, default=TRAIN.steps)
+    ap.add_argument("--lam-prior", type=float, default=0.0, help="prior preservation on the world's calibration "
+                                                                      "prompts (0: off, the ceiling's recipe)")
     a, out, world, specs = one_concept_tool(ap, "parts", argv)
     train = replace(TRAIN, steps=a.steps)
     from ...report.pictures import heatmap, save_png
@@ -57,8 +59,10 @@ def main(argv=None) -> int:
     rows = []
     for label, regex in parts:
         for spec in specs:
-            r = ceiling(partial(make_backend, a.model), world, spec, train, a.lr, parts=regex or None)
-            rows.append({"parts": label, "regex": regex, "lr": a.lr, "steps": a.steps, "concept": spec.name, **r,
+            r = ceiling(partial(make_backend, a.model), world, spec, train, a.lr, parts=regex or None,
+                        lam_prior=a.lam_prior)
+            rows.append({"parts": label, "regex": regex, "lr": a.lr, "steps": a.steps, "lam_prior": a.lam_prior,
+                         "concept": spec.name, **r,
                          "samples": world.samples_per_concept()})
             print(json.dumps(rows[-1]), file=sys.stderr)
             (out / "parts.json").write_text(json.dumps(rows, indent=2))

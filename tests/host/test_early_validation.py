@@ -19,6 +19,7 @@ def train_kw(t, **over):
     ({"prompt": "a photo of a ring"}, "prompt: must contain the trigger word 'ohwx'"),
     ({"name": "a"}, r"name/trigger: the memory already has concept 'a' \(trigger 'sks'\)"),
     ({"trigger": "sks", "prompt": "a photo of sks"}, r"name/trigger: the memory already has concept 'a'"),
+    ({"prior_prompts": "a photo of a ring\na ohwx on a table"}, "prior_prompts: line 2 contains the trigger 'ohwx'"),
 ])
 def test_train_refuses_at_once(trained, over, match):
     from continual_concepts.nodes.train_node import ContinualTrainStep
