@@ -1,6 +1,6 @@
 """Gradient checkpointing on, off, or auto — auto measures instead of guessing from the model's name: one training
 forward of one sample counts the bytes autograd keeps for the backward pass, and checkpointing goes on when a
-step's sample passes (the batch plus DSC's candidate passes) would not fit in part of the device's free memory.
+step's sample passes (the batch, DSC's candidate passes and the prior term's) would not fit in part of the device's free memory.
 So SDXL at 1024 px on a 12 GB card (~4.9 GiB kept per sample) turns it on, a toy model on a CPU leaves it off."""
 from __future__ import annotations
 
