@@ -44,13 +44,17 @@ class ContinualTrainStep(io.ComfyNode):
                           f"step, so one value fits SD1.5 and SDXL alike ({TrainConfig.lr} for rank {TrainConfig.rank}; "
                           "0.002 was measured for rank 0; the token's relative lr is fixed at "
                           f"{TrainConfig.token_lr})."),
-                f("lam_prev", default=1.0, min=0, max=1e6, step=0.01, tooltip="CNS: keep rows of earlier concepts (0 = off)."),
-                f("lam_base", default=0.1, min=0, max=1e6, step=0.01, tooltip="CNS: keep new rows near pretrained (0 = off)."),
+                f("lam_prev", default=TrainConfig.lam_prev, min=0, max=1e6, step=0.01,
+                  tooltip="CNS: keep rows of earlier concepts (0 = off)."),
+                f("lam_base", default=TrainConfig.lam_base, min=0, max=1e6, step=0.01,
+                  tooltip="CNS: keep new rows near pretrained (0 = off)."),
                 f("lam_ewc", default=TrainConfig.lam_ewc, min=0, max=1e6, step=0.01,
                   tooltip="EWC with the DC-score Fisher (0 = off, the default: it showed no measurable effect on "
                           "forgetting in our benchmark; 1.0 turns it on). The Fisher is recorded only while it is on "
                           "(SD1.5: +176 MB in the memory, SDXL: +2.2 GB), so it protects concepts learned with it on."),
-                f("lam_dsc", default=1.0, min=0, max=1e6, step=0.01, tooltip="DSC distillation from the model before (0 = off)."),
+                f("lam_dsc", default=TrainConfig.lam_dsc, min=0, max=1e6, step=0.01,
+                  tooltip="DSC: distil the DC scores and the generic prompt's prediction from the model before (0 = "
+                          "off). It holds an earlier close relative and the unconditional branch guidance needs."),
                 io.Int.Input("dc_every", default=TrainConfig.dc_every, min=1, max=1000,
                              tooltip="Run DSC every k steps (1: every step; its term on the generic prompt keeps the "
                                      "unconditional branch guidance needs, so rows do not break other prompts)."),
