@@ -26,6 +26,8 @@ test: install
 
 test-host:
 	@if [ ! -x "$(COMFY_PY)" ]; then echo "test-host: no ComfyUI python at $(COMFY_PY) (set COMFYUI_PATH): skipped"; exit 0; fi
+	# the test runner too: a ComfyUI env has our requirements (README install) but seldom pytest
+	$(COMFY_PY) -m pip install -q pytest websocket-client
 	$(COMFY_PY) -m pip install -q --no-deps -e .
 	COMFYUI_PATH=$(COMFYUI_PATH) $(COMFY_PY) -m pytest -q tests/host
 
@@ -33,6 +35,7 @@ test-host:
 # (peak RSS on a CPU, measured: SD1.5 6.6 GiB, SDXL 18.8 GiB; each skipped below 10 / 20 GiB of RAM)
 test-host-full:
 	@if [ ! -x "$(COMFY_PY)" ]; then echo "test-host-full: no ComfyUI python at $(COMFY_PY) (set COMFYUI_PATH)"; exit 1; fi
+	$(COMFY_PY) -m pip install -q pytest websocket-client
 	$(COMFY_PY) -m pip install -q --no-deps -e .
 	CONTINUAL_FULL=1 COMFYUI_PATH=$(COMFYUI_PATH) $(COMFY_PY) -m pytest -q -s -m full tests/host
 
