@@ -146,8 +146,8 @@ def test_ceilings_average_each_concept_over_training_seeds(monkeypatch, tmp_path
 
     seen = []
 
-    def fake_ceiling(make_backend, world, spec, cfg):
-        seen.append((spec.name, cfg.seed))
+    def fake_ceiling(make_backend, world, spec, cfg, lam_prior=0.0):
+        seen.append((spec.name, cfg.seed, lam_prior))
         return {"heldout": 0.25 * cfg.seed, "train_context": 1.0, "base_after": 1.0, "seconds": 1.0,
                 "params_pct": 100.0}
 
@@ -155,13 +155,17 @@ def test_ceilings_average_each_concept_over_training_seeds(monkeypatch, tmp_path
     assert benchmark.main(["--methods", "", "--concepts", "2", "--ceiling-seeds", "3", "--set", "seed:1",
                            "--out", str(tmp_path)]) == 0
     world = benchmark.ToyWorld(n_concepts=2)
-    assert seen == [(s.name, k) for s in world.concepts for k in (1, 2, 3)]
+    assert seen == [(s.name, k, 0.0) for s in world.concepts for k in (1, 2, 3)]
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["ceiling_avg_acc"] == pytest.approx(0.5)  # (0.25 + 0.5 + 0.75) / 3 for each concept
     kept = json.loads((tmp_path / "ceilings.json").read_text())
     assert [c["heldout_per_seed"] for c in kept] == [[0.25, 0.5, 0.75]] * 2
     with pytest.raises(SystemExit):
         benchmark.main(["--methods", "", "--ceiling-seeds", "0"])
+    seen.clear()  # `--ceiling-prior λ`: the same fine-tunes with prior preservation at λ
+    assert benchmark.main(["--methods", "", "--concepts", "2", "--ceiling-seeds", "1", "--ceiling-prior", "1",
+                           "--out", str(tmp_path / "prior")]) == 0
+    assert seen == [(s.name, 0, 1.0) for s in world.concepts]
 
 
 def test_demo_reports_what_its_ceilings_cost_the_base_prompts(monkeypatch, tmp_path):

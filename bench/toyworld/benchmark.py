@@ -87,12 +87,16 @@ def make_backend(folder=None):
     return DiffusersBackend(**load_components(folder=folder))
 
 
-def ceilings(world, train: TrainConfig, log=print, backend=make_backend, seeds: int = 1) -> list[dict]:
+def ceilings(world, train: TrainConfig, log=print, backend=make_backend, seeds: int = 1,
+             lam_prior: float = 0.0) -> list[dict]:
     """Each concept's ceiling, averaged over `seeds` training seeds from train.seed: one 9-image fine-tune moves by
-    up to ±0.5 between seeds (cross-dot 0.88 / 0.38 / 0.25, bench/RESULTS.md), so one seed is a noisy denominator."""
+    up to ±0.5 between seeds (cross-dot 0.88 / 0.38 / 0.25, bench/RESULTS.md), so one seed is a noisy denominator.
+    lam_prior > 0: the fine-tune with prior preservation (the most the model takes of a concept while it keeps
+    drawing its other prompts)."""
     out = []
     for s in world.concepts:
-        runs = [ceiling(backend, world, s, replace(train, seed=train.seed + k)) for k in range(seeds)]
+        runs = [ceiling(backend, world, s, replace(train, seed=train.seed + k), lam_prior=lam_prior)
+                for k in range(seeds)]
         c = {k: sum(r[k] for r in runs) / seeds for k in runs[0]}
         if seeds > 1:
             c.update(heldout_per_seed=[r["heldout"] for r in runs],
@@ -127,6 +131,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ceiling", action="store_true", help="skip the ceilings (e.g. measured by another run)")
     ap.add_argument("--ceiling-seeds", type=int, default=3, help="average each concept's ceiling over this many "
                                                                   "training seeds (one is ±0.3 per concept)")
+    ap.add_argument("--ceiling-prior", type=float, default=0.0, help="the ceiling's fine-tune with prior "
+                                                                      "preservation at this weight (0: the plain "
+                                                                      "whole-UNet fine-tune, the recorded ceiling)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--steps", type=int, default=None, help=f"steps per concept (default {TRAIN.steps})")
     ap.add_argument("--threads", type=int, default=2)
@@ -150,7 +157,8 @@ def main(argv=None) -> int:
     train = replace(train, steps=a.steps or train.steps)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     backend = partial(make_backend, a.model)
-    ceil = [] if a.quick or a.no_ceiling else ceilings(world, train, log, backend, a.ceiling_seeds)
+    ceil = [] if a.quick or a.no_ceiling else ceilings(world, train, log, backend, a.ceiling_seeds,
+                                                                   a.ceiling_prior)
     results = []
     for m in methods:
         for seed in range(a.seeds):
