@@ -36,7 +36,8 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainConfig:
-    steps: int = 200
+    steps: int = 300  # measured on the toy (bench/RESULTS.md: 600 tied and forgot more); with a relative lr and Adam
+    # the rows move by about lr per step whatever the batch, so the step count, not the batch, sets how far they go
     lr: float = 0.0007  # relative: a fraction of each trained layer's weight RMS per Adam step (bench/RESULTS.md);
     # 0.0007 with rank 16, 0.002 measured for full rows (rank 0)
     token_lr: float = 0.1  # relative to the trigger embedding's RMS
