@@ -157,8 +157,7 @@ def main(argv=None) -> int:
     train = replace(train, steps=a.steps or train.steps)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     backend = partial(make_backend, a.model)
-    ceil = [] if a.quick or a.no_ceiling else ceilings(world, train, log, backend, a.ceiling_seeds,
-                                                                   a.ceiling_prior)
+    ceil = [] if a.quick or a.no_ceiling else ceilings(world, train, log, backend, a.ceiling_seeds, a.ceiling_prior)
     results = []
     for m in methods:
         for seed in range(a.seeds):
