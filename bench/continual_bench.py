@@ -65,7 +65,8 @@ def run_method(method, make_backend, world, select_cfg, train_cfg, log=print, fu
         measure = full_matrix or k == len(specs) - 1
         acc.append([world.concept_accuracy(backend, s) if measure or j == k else math.nan
                     for j, s in enumerate(specs[: k + 1])])
-        dc_acc.append(dc_probe_accuracy(backend, memory, [s.images for s in specs[: k + 1]])[0])
+        dc_acc.append(dc_probe_accuracy(backend, memory, [s.images for s in specs[: k + 1]],
+                                        captions=[s.captions for s in specs[: k + 1]])[0])
         log(f"  {method} after {c.name}: acc {[round(a, 2) for a in acc[-1]]}, {secs[-1]:.1f} s")
     final = acc[-1]
     train_ctx = [world.train_context_accuracy(backend, s) for s in specs]

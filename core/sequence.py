@@ -2,6 +2,7 @@
 every concept learned so far: the numbers only (report/sequence.py writes them, with pictures, to a folder)."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -37,16 +38,42 @@ class SequenceStep:
     dc_probs: torch.Tensor  # [images of concepts 0..index, candidates]
 
 
+def context_candidates(memory: ContinualMemory, caption: str, trigger: str) -> list[str]:
+    """The DC candidates phrased in one image's own context: its caption with its trigger swapped for each learned
+    concept's (c0 stays the generic prompt). Candidates that named only the concepts' training prompts would judge
+    the context, not the concept: an image captioned on black loses to c0 against prompts that say gray."""
+    word = re.compile(rf"(?<!\w){re.escape(trigger)}(?!\w)")
+    if not word.search(caption):
+        return memory.candidates()
+    return [memory.generic_prompt] + [word.sub(c.trigger, caption) for c in memory.concepts]
+
+
 def dc_probe_accuracy(backend: Backend, memory: ContinualMemory, images: list[torch.Tensor],
-                      n_timesteps: int = 8, seed: int = 0) -> tuple[list[float], torch.Tensor]:
-    """For each learned concept: fraction of its images whose DC prediction is that concept."""
-    with torch.no_grad():
-        ctx = backend.encode_text(memory.candidates(), memory.tokens())
+                      n_timesteps: int = 8, seed: int = 0,
+                      captions: list[list[str] | None] | None = None) -> tuple[list[float], torch.Tensor]:
+    """For each learned concept: fraction of its images whose DC prediction is that concept. captions[i] (one per
+    image of concept i, or None): each image is judged among the candidates phrased in its own caption's context."""
+    tokens = memory.tokens()
+    contexts: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def encoded(cands: list[str]) -> torch.Tensor:
+        if tuple(cands) not in contexts:
+            with torch.no_grad():
+                contexts[tuple(cands)] = backend.encode_text(cands, tokens)
+        return contexts[tuple(cands)]
+
     accs, probs = [], []
     for i, imgs in enumerate(images):
-        r = dc_scores(backend, backend.encode_images(imgs), ctx, n_timesteps=n_timesteps, seed=seed)
-        accs.append(float((r.predicted == i + 1).float().mean()))
-        probs.append(r.probs)
+        caps = captions[i] if captions and captions[i] else [None] * len(imgs)
+        latents, p = backend.encode_images(imgs), None
+        for cap in dict.fromkeys(caps):  # one DC call per context, images back in their order
+            idx = torch.tensor([j for j, c in enumerate(caps) if c == cap])
+            cands = memory.candidates() if cap is None else context_candidates(memory, cap, memory.concepts[i].trigger)
+            r = dc_scores(backend, latents[idx], encoded(cands), n_timesteps=n_timesteps, seed=seed)
+            p = r.probs.new_zeros(len(imgs), r.probs.shape[1]) if p is None else p
+            p[idx] = r.probs
+        accs.append(float((p.argmax(1) == i + 1).float().mean()))
+        probs.append(p)
     return accs, torch.cat(probs)
 
 
@@ -64,7 +91,8 @@ def learn_sequence(backend: Backend, concepts: list[ConceptSpec], memory: Contin
         log(f"[{k + 1}/{len(concepts)}] learning '{c.name}' (trigger '{c.trigger}')")
         o = learn_concept(backend, memory, c.images, c.name, c.trigger, c.prompt, select_cfg, train_cfg,
                           calibration_prompts, callback=progress, captions=c.captions)
-        accs, probs = dc_probe_accuracy(backend, memory, [x.images for x in concepts[: k + 1]])
+        accs, probs = dc_probe_accuracy(backend, memory, [x.images for x in concepts[: k + 1]],
+                                         captions=[x.captions for x in concepts[: k + 1]])
         matrix.append(accs)
         if on_step:
             on_step(SequenceStep(k, c, o, accs, probs))
