@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,9 +92,15 @@ class ContinualMemory:
                 out.setdefault(n, set()).update(r.tolist())
         return {n: torch.tensor(sorted(s), dtype=torch.long) for n, s in out.items()}
 
-    def candidates(self) -> list[str]:
-        """DC candidates: the generic 'pretrained' prompt c0, then each learned concept's prompt."""
-        return [self.generic_prompt] + [c.prompt for c in self.concepts]
+    def candidates(self, caption: str | None = None, trigger: str | None = None) -> list[str]:
+        """DC candidates: the generic 'pretrained' prompt c0, then each learned concept's prompt — or, for an image
+        captioned with `trigger` in its own context, that caption with the trigger swapped for each concept's: an
+        image on black judged against prompts that say gray loses to c0 whatever was learned (the context, not the
+        concept, decides)."""
+        word = re.compile(rf"(?<!\w){re.escape(trigger)}(?!\w)") if caption and trigger else None
+        if word is None or not word.search(caption):
+            return [self.generic_prompt] + [c.prompt for c in self.concepts]
+        return [self.generic_prompt] + [word.sub(c.trigger, caption) for c in self.concepts]
 
     def tokens(self) -> dict[str, torch.Tensor]:
         """Learned trigger embeddings (the latest per trigger), for hosts that have not baked them."""

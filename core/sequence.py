@@ -2,7 +2,6 @@
 every concept learned so far: the numbers only (report/sequence.py writes them, with pictures, to a folder)."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -38,16 +37,6 @@ class SequenceStep:
     dc_probs: torch.Tensor  # [images of concepts 0..index, candidates]
 
 
-def context_candidates(memory: ContinualMemory, caption: str, trigger: str) -> list[str]:
-    """The DC candidates phrased in one image's own context: its caption with its trigger swapped for each learned
-    concept's (c0 stays the generic prompt). Candidates that named only the concepts' training prompts would judge
-    the context, not the concept: an image captioned on black loses to c0 against prompts that say gray."""
-    word = re.compile(rf"(?<!\w){re.escape(trigger)}(?!\w)")
-    if not word.search(caption):
-        return memory.candidates()
-    return [memory.generic_prompt] + [word.sub(c.trigger, caption) for c in memory.concepts]
-
-
 def dc_probe_accuracy(backend: Backend, memory: ContinualMemory, images: list[torch.Tensor],
                       n_timesteps: int = 8, seed: int = 0,
                       captions: list[list[str] | None] | None = None) -> tuple[list[float], torch.Tensor]:
@@ -68,7 +57,7 @@ def dc_probe_accuracy(backend: Backend, memory: ContinualMemory, images: list[to
         latents, p = backend.encode_images(imgs), None
         for cap in dict.fromkeys(caps):  # one DC call per context, images back in their order
             idx = torch.tensor([j for j, c in enumerate(caps) if c == cap])
-            cands = memory.candidates() if cap is None else context_candidates(memory, cap, memory.concepts[i].trigger)
+            cands = memory.candidates(cap, memory.concepts[i].trigger)
             r = dc_scores(backend, latents[idx], encoded(cands), n_timesteps=n_timesteps, seed=seed)
             p = r.probs.new_zeros(len(imgs), r.probs.shape[1]) if p is None else p
             p[idx] = r.probs

@@ -8,17 +8,21 @@ import torch
 
 from continual_concepts.bench.toyworld import MODEL_DIR
 from continual_concepts.core.memory import ContinualMemory
-from continual_concepts.core.sequence import context_candidates, dc_probe_accuracy
+from continual_concepts.core.sequence import dc_probe_accuracy
 
 
-def test_context_candidates_change_only_the_concept_word():
+def test_candidates_in_an_image_context_change_only_the_concept_word():
     mem = ContinualMemory("fp", "")
     mem.concepts = [SimpleNamespace(trigger="sks", prompt="a sks on a gray background"),
                     SimpleNamespace(trigger="zwx", prompt="a zwx on a gray background")]
-    assert context_candidates(mem, "a sks on a black background", "sks") == [
+    prompts = ["", "a sks on a gray background", "a zwx on a gray background"]
+    assert mem.candidates() == prompts
+    assert mem.candidates("a sks on a black background", "sks") == [
         "", "a sks on a black background", "a zwx on a black background"]
-    assert context_candidates(mem, "asks: a sks, sksx", "sks") == ["", "asks: a sks, sksx", "asks: a zwx, sksx"]
-    assert context_candidates(mem, "a photo of a dog", "sks") == mem.candidates()  # no trigger: the prompts
+    assert mem.candidates("asks: a sks, sksx", "sks") == ["", "asks: a sks, sksx", "asks: a zwx, sksx"]
+    assert mem.candidates("a vbn on a white background", "vbn") == [  # a new concept's caption: the earlier ones
+        "", "a sks on a white background", "a zwx on a white background"]
+    assert mem.candidates("a photo of a dog", "sks") == prompts  # no trigger in the caption: the prompts
 
 
 @pytest.mark.skipif(not (MODEL_DIR / "unet").is_dir(), reason="toy model not exported yet")
