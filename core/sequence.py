@@ -54,13 +54,11 @@ def dc_probe_accuracy(backend: Backend, memory: ContinualMemory, images: list[to
     accs, probs = [], []
     for i, imgs in enumerate(images):
         caps = captions[i] if captions and captions[i] else [None] * len(imgs)
-        latents, p = backend.encode_images(imgs), None
+        latents, p = backend.encode_images(imgs), torch.zeros(len(imgs), len(memory.concepts) + 1)
         for cap in dict.fromkeys(caps):  # one DC call per context, images back in their order
             idx = torch.tensor([j for j, c in enumerate(caps) if c == cap])
             cands = memory.candidates(cap, memory.concepts[i].trigger)
-            r = dc_scores(backend, latents[idx], encoded(cands), n_timesteps=n_timesteps, seed=seed)
-            p = r.probs.new_zeros(len(imgs), r.probs.shape[1]) if p is None else p
-            p[idx] = r.probs
+            p[idx] = dc_scores(backend, latents[idx], encoded(cands), n_timesteps=n_timesteps, seed=seed).probs
         accs.append(float((p.argmax(1) == i + 1).float().mean()))
         probs.append(p)
     return accs, torch.cat(probs)

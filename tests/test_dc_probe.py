@@ -34,9 +34,10 @@ def test_probe_judges_the_concept_not_the_background():
     torch.manual_seed(0)
     b, specs = make_backend(), concept_specs(2)
     mem = ContinualMemory.for_model(b, "")
+    quick = replace(TRAIN, steps=40, lam_dsc=0, lam_prior=0, lam_ewc=0)  # the probe is tested, not the regularisers
     for s in specs:
-        learn_concept(b, mem, s.images, s.name, s.trigger, s.prompt, replace(SELECT, n_draws=1),  # quick: the
-                      replace(TRAIN, steps=40, lam_dsc=0, lam_prior=0, lam_ewc=0), captions=s.captions)  # probe's test
+        learn_concept(b, mem, s.images, s.name, s.trigger, s.prompt, replace(SELECT, n_draws=1), quick,
+                      captions=s.captions)
     images, captions = [s.images for s in specs], [s.captions for s in specs]
     assert len(set(captions[0])) == 3 and specs[0].prompt in captions[0]  # three backgrounds, one is the prompt's
     prompt_only, _ = dc_probe_accuracy(b, mem, images)
