@@ -72,11 +72,12 @@ class WholeUNet:
                 p.requires_grad_(False)
 
 
-def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR, parts: str | None = None,
-            lam_prior: float = 0.0) -> dict:
-    """Fine-tune a fresh model on one concept; its held-out- and training-context accuracy. `parts` restricts the
-    fine-tune to the UNet weights whose names match (where the concept can be carried); lam_prior > 0 holds the
-    world's calibration prompts to the fresh model's predictions (prior preservation, core.train.prior_loss)."""
+def fine_tune(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR, parts: str | None = None,
+              lam_prior: float = 0.0):
+    """Fine-tune a fresh model on one concept (the ceiling's recipe): the backend with the concept learned, and the
+    share of UNet weights trained. `parts` restricts the fine-tune to the UNet weights whose names match (where the
+    concept can be carried); lam_prior > 0 holds the world's calibration prompts to the fresh model's predictions
+    (prior preservation, core.train.prior_loss)."""
     backend = make_backend()
     views, captions = training_views(spec.images, spec.captions, cfg.flip)
     x0 = backend.encode_images(views)
@@ -89,8 +90,14 @@ def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR,
     if res.token is not None:
         backend.set_token_row(spec.trigger, res.token)
     n = sum(p.numel() for p in adapter.params)
+    return backend, res, 100 * n / backend.unet_param_count()
+
+
+def ceiling(make_backend, world, spec, cfg: TrainConfig, lr: float = CEILING_LR, parts: str | None = None,
+            lam_prior: float = 0.0) -> dict:
+    """fine_tune's held-out- and training-context accuracy."""
+    backend, res, pct = fine_tune(make_backend, world, spec, cfg, lr, parts, lam_prior)
     # base_after: what the fine-tune costs the model's other prompts, which the ceiling is free to give up and the
     # continual methods are not (bench/RESULTS.md)
     return {"heldout": world.concept_accuracy(backend, spec), "train_context": world.train_context_accuracy(backend, spec),
-            "base_after": world.base_accuracy(backend), "seconds": res.seconds,
-            "params_pct": 100 * n / backend.unet_param_count()}
+            "base_after": world.base_accuracy(backend), "seconds": res.seconds, "params_pct": pct}

@@ -48,10 +48,18 @@ class ToyWorld:
     def _generate(self, backend, prompts, seed):
         return sample(backend, prompts, steps=STEPS, guidance=GUIDANCE, seed=seed)
 
-    def _verdicts(self, backend, contexts: list[str]) -> list[str]:
-        """The oracle's shape class of len(seeds) x per_seed generations, spread evenly over the context prompts."""
+    def _images(self, backend, contexts: list[str]) -> torch.Tensor:
+        """len(seeds) x per_seed generations [N,H,W,3], spread evenly over the context prompts."""
         prompts = [contexts[i % len(contexts)] for i in range(self.per_seed)]
-        return [p for s in self.seeds for p in classify(self.oracle, self._generate(backend, prompts, s))["shape"]]
+        return torch.cat([self._generate(backend, prompts, s) for s in self.seeds])
+
+    def _verdicts(self, backend, contexts: list[str]) -> list[str]:
+        """The oracle's shape class of each of _images' generations."""
+        return classify(self.oracle, self._images(backend, contexts))["shape"]
+
+    def heldout_images(self, backend, spec: ConceptSpec) -> torch.Tensor:
+        """The generations concept_accuracy judges (for tools that read more than the oracle's verdict)."""
+        return self._images(backend, spec.eval_prompts)
 
     def _accuracy(self, backend, name: str, contexts: list[str]) -> float:
         pred = self._verdicts(backend, contexts)
