@@ -91,9 +91,9 @@ def load_image_folder(folder, size: int | None = None, fit: str = "crop") -> tor
 
 def with_flips(images: torch.Tensor) -> torch.Tensor:
     """The batch followed by its horizontal mirror images. Training draws uniformly from it, which is a random
-    horizontal flip with p = 0.5 per sample (as kohya / diffusers trainers do), with every orientation encoded exactly
-    by the VAE instead of flipping latents (a VAE is not mirror-symmetric). Not for subjects whose left and right
-    differ (text, asymmetric logos)."""
+    horizontal flip with p = 0.5 per sample (kohya's --flip_aug, diffusers' --random_flip; opt-in there as here), with
+    every orientation encoded exactly by the VAE instead of flipping latents (a VAE is not mirror-symmetric). Not for
+    subjects whose left and right differ (text, asymmetric logos)."""
     return torch.cat([images, images.flip(2)])
 
 

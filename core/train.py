@@ -60,7 +60,9 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # the frozen model's arithmetic (core.precision): auto / bf16 / fp32 / fp16 (+ GradScaler)
     gradient_checkpointing: str = "auto"  # on / off / auto: measured from one forward and the free memory
-    flip: bool = True  # train on the images and their mirror images (off for subjects whose sides differ)
+    # True: train on the images and their mirror images. Off as kohya's --flip_aug and diffusers' --random_flip are:
+    # it erases a subject's sides (text, logos), and on the toy it learned no more (bench/RESULTS.md, "Flip")
+    flip: bool = False
     rank: int = 16  # r > 0: each layer's change of its selected rows is rank r; 0: every number of the rows trains
     token_first: float = 0.25  # this fraction of the steps trains the trigger token alone, then rows and token
     # (pivotal tuning: the concept finds its word before the rows move; bench/RESULTS.md, "Token first")

@@ -75,9 +75,10 @@ class ContinualTrainStep(io.ComfyNode):
                 io.Boolean.Input("replace", default=False,
                                  tooltip="Learn again a concept the memory already has (same name or trigger): its "
                                          "change is taken out of the model and the memory first. Off: that is an error."),
-                io.Boolean.Input("flip", default=True, optional=True,
-                                 tooltip="Random horizontal flip: train on the images and their mirror images (more "
-                                         "views of the subject). Off for subjects whose sides differ (text, logos)."),
+                io.Boolean.Input("flip", default=False, optional=True,
+                                 tooltip="Random horizontal flip: train on the images and their mirror images too. "
+                                         "Leave off for subjects whose sides differ (text, logos): it teaches both "
+                                         "orientations."),
                 io.Combo.Input("precision", options=list(PRECISIONS), default="auto", optional=True,
                                tooltip="Arithmetic of the frozen model while training (the learned change is always "
                                        "kept in fp32). auto: bf16 on a GPU that has it, else fp32. fp16 trains with "
@@ -108,7 +109,7 @@ class ContinualTrainStep(io.ComfyNode):
     def execute(cls, model, clip, vae, images, neurons, prompt, trigger, name, steps, lr, lam_prev, lam_base, lam_ewc,
                 lam_dsc, dc_every, seed, train_token=True, batch_size=4,
                 gradient_checkpointing="auto", memory=None, generic_prompt="a photo", replace=False,
-                flip=True, precision="auto", rank=TrainConfig.rank,
+                flip=TrainConfig.flip, precision="auto", rank=TrainConfig.rank,
                 token_first=TrainConfig.token_first, lam_prior=TrainConfig.lam_prior, prior_prompts="") -> io.NodeOutput:
         images = check_image_batch(images)
         check_trigger_in_prompt(prompt, trigger)

@@ -383,15 +383,15 @@ def test_precision_sets_the_clones_arithmetic_and_leaves_the_input_model_as_it_w
         h.remove()
 
 
-def test_flip_is_on_by_default_and_changes_what_is_trained(trained):
-    """The default trains on the images and their mirror images (random flip); flip=False on the images only."""
+def test_flip_is_off_by_default_and_changes_what_is_trained(trained):
+    """The default trains on the images only; flip=True on the images and their mirror images (random flip)."""
     from continual_concepts.nodes.train_node import ContinualTrainStep
 
     t = trained
     kw = dict(model=t["model"], clip=t["clip"], vae=t["vae"], images=t["images"], neurons=t["neurons"],
               prompt="a photo of ohwx", trigger="ohwx", name="f", steps=1, lr=2e-3, lam_prev=1.0, lam_base=0.1,
               lam_ewc=0, lam_dsc=0, dc_every=1, seed=0, batch_size=4, gradient_checkpointing="off")
-    flipped, plain = (run(ContinualTrainStep, **kw, **extra)[2].concepts[-1] for extra in ({}, {"flip": False}))
+    flipped, plain = (run(ContinualTrainStep, **kw, **extra)[2].concepts[-1] for extra in ({"flip": True}, {}))
     assert any(not torch.equal(d, plain.delta[n]) for n, d in flipped.delta.items())
 
 
