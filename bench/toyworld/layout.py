@@ -35,8 +35,8 @@ PALETTE = {**COLOURS, **{f"bg-{k}": v for k, v in BACKGROUNDS.items()}, "white":
 
 
 def colour_blobs(image: torch.Tensor, colour: str) -> list[tuple[int, float, float, int, int]]:
-    """(area, row, col, height, width) of each 4-connected region of pixels nearest to `colour` among the world's colours and
-    backgrounds, largest first. image [H,W,3] in 0..1."""
+    """(area, row, col, height, width) of each 4-connected region of pixels nearest to `colour` among the world's
+    colours and backgrounds, largest first. image [H,W,3] in 0..1."""
     px = (image.float().clamp(0, 1) * 255).numpy()
     names = list(PALETTE)
     ref = np.array([PALETTE[n] for n in names], np.float32)
