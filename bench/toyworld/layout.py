@@ -17,10 +17,12 @@ import collections
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ...core.atomic_io import atomic_write
 from ...core.memory import ContinualMemory
 from ..ceiling import fine_tune
 from ..methods import DEFAULT_METHOD, learn
@@ -31,6 +33,7 @@ from .world import BACKGROUNDS, COLOURS, WHITE
 LEVEL = 0.35  # |dy| / |dx| of two blobs still read as side by side (training images: 0; the 2x2 scenes' cells: any)
 MIN_AREA = 4  # pixels of a 32x32 image: smaller specks of a colour are not a dot
 JOINED = 1.5  # width / height of one blob read as two dots touching side by side (one dot: about 1)
+CONCEPTS = ("split-circle", "twin-dots")  # the concepts with a layout reading
 PALETTE = {**COLOURS, **{f"bg-{k}": v for k, v in BACKGROUNDS.items()}, "white": WHITE}
 
 
@@ -85,7 +88,14 @@ def read_layout(oracle, concept: str, images: torch.Tensor) -> dict[str, int]:
     return dict(collections.Counter(marks))
 
 
-CONCEPTS = ("split-circle", "twin-dots")
+def learned(learner: str, model, world, spec, select, train, ceiling_prior: float):
+    """A fresh toy model with `spec` learned alone: by the default method, or by the ceiling's fine-tune."""
+    if learner == "ceiling":
+        return fine_tune(lambda: make_backend(model), world, spec, train, lam_prior=ceiling_prior)[0]
+    backend = make_backend(model)
+    learn(DEFAULT_METHOD, backend, ContinualMemory.for_model(backend, world.generic_prompt), spec.images, spec.name,
+          spec.trigger, spec.prompt, select, train, world.calibration_prompts, {}, captions=spec.captions)
+    return backend
 
 
 def main(argv=None) -> int:
@@ -103,15 +113,9 @@ def main(argv=None) -> int:
     rows, grids, labels = [], [], []
     for spec in specs:
         for seed in range(a.seeds):
-            tr, sel = replace(train, seed=seed), replace(select, seed=seed)
             for learner in ("default", "ceiling"):
-                if learner == "default":
-                    backend = make_backend(a.model)
-                    learn(DEFAULT_METHOD, backend, ContinualMemory.for_model(backend, world.generic_prompt),
-                          spec.images, spec.name, spec.trigger, spec.prompt, sel, tr, world.calibration_prompts, {},
-                          captions=spec.captions)
-                else:
-                    backend = fine_tune(lambda: make_backend(a.model), world, spec, tr, lam_prior=a.ceiling_prior)[0]
+                backend = learned(learner, a.model, world, spec, replace(select, seed=seed), replace(train, seed=seed),
+                                  a.ceiling_prior)
                 images = world.heldout_images(backend, spec)
                 layout = read_layout(world.oracle, spec.name, images)
                 acc = classify(world.oracle, images)["shape"].count(spec.name) / len(images)
@@ -120,7 +124,8 @@ def main(argv=None) -> int:
                 print(json.dumps(rows[-1]), file=sys.stderr)
                 grids.append(images)
                 labels.append(f"{spec.name} {learner} s{seed}")
-                (out / "layout.json").write_text(json.dumps(rows, indent=2))
+                text = json.dumps(rows, indent=2)  # after every run, so a stopped run keeps what it measured
+                atomic_write(out / "layout.json", lambda tmp: Path(tmp).write_text(text), overwrite=True)
     save_png(out / "layout.png", sample_grid(torch.cat(grids), ncol=len(grids[0]), labels=labels, scale=3))
     print(json.dumps({"ceiling_prior": a.ceiling_prior, "settings": a.set, "rows": rows}))
     return 0
