@@ -41,7 +41,8 @@ class TrainConfig:
     lr: float = 0.0007  # relative: a fraction of each trained layer's weight RMS per Adam step (bench/RESULTS.md);
     # 0.0007 with rank 16, 0.002 measured for full rows (rank 0)
     token_lr: float = 0.1  # relative to the trigger embedding's RMS
-    batch_size: int = 4
+    batch_size: int = 8  # samples per step; 4 learned 0.064 less held-out on the toy in 4 of 4 paired runs
+    # (bench/RESULTS.md, "Batch 8"); gradient checkpointing (auto) keeps it in memory, SDXL on 12 GB wants 1-2
     train_token: bool = True
     lam_prev: float = 1.0
     lam_base: float = 0.1

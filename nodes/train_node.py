@@ -63,8 +63,9 @@ class ContinualTrainStep(io.ComfyNode):
                              tooltip="Seed: same seed, same result on CPU."),
                 io.Boolean.Input("train_token", default=True,
                                  tooltip="Also learn the trigger word's embedding (the CLIP output carries it)."),
-                io.Int.Input("batch_size", default=4, min=1, max=64,
-                             tooltip="Images per step (lower = less memory)."),
+                io.Int.Input("batch_size", default=TrainConfig.batch_size, min=1, max=64,
+                             tooltip="Images per step: 8 learned more than 4 on the toy (bench/RESULTS.md, "
+                                     "\"Batch 8\"); lower it only for memory (SDXL on 12 GB: 1-2)."),
                 io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto",
                                tooltip="Recompute UNet blocks in the backward pass: less memory, slower (their forward "
                                        "runs twice). auto: one forward measures what a step keeps, and it goes on when "
@@ -107,7 +108,7 @@ class ContinualTrainStep(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, images, neurons, prompt, trigger, name, steps, lr, lam_prev, lam_base, lam_ewc,
-                lam_dsc, dc_every, seed, train_token=True, batch_size=4,
+                lam_dsc, dc_every, seed, train_token=True, batch_size=TrainConfig.batch_size,
                 gradient_checkpointing="auto", memory=None, generic_prompt="a photo", replace=False,
                 flip=TrainConfig.flip, precision="auto", rank=TrainConfig.rank,
                 token_first=TrainConfig.token_first, lam_prior=TrainConfig.lam_prior, prior_prompts="") -> io.NodeOutput:

@@ -34,7 +34,7 @@ from .evaluate import ToyWorld
 # 16 (TrainConfig's defaults); rho_base 1.0 so that only the budget caps them (bench/RESULTS.md, low-rank rows)
 SELECT = SelectConfig(budget_pct=2.0, rho_base=1.0, parts="qkvo", n_calibration=0, n_draws=2, batch_size=8)
 # lam_ewc: for the methods with EWC-DC (flip stays off, the default: split-circle has sides, left red, right blue)
-TRAIN = TrainConfig(steps=300, batch_size=8, lam_ewc=1.0)
+TRAIN = TrainConfig(steps=300, lam_ewc=1.0)
 
 
 def _value(key: str, default, text: str):
