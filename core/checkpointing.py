@@ -1,7 +1,9 @@
-"""Gradient checkpointing on, off, or auto — auto measures instead of guessing from the model's name: one training
-forward of one sample counts the bytes autograd keeps for the backward pass, and checkpointing goes on when a
-step's sample passes (the batch, DSC's candidate passes and the prior term's) would not fit in part of the device's free memory.
-So SDXL at 1024 px on a 12 GB card (~4.9 GiB kept per sample) turns it on, a toy model on a CPU leaves it off."""
+"""How a training step fits the memory: micro-batches and gradient checkpointing, each on, off or auto. Auto
+measures instead of guessing from the model's name: one training forward of one sample counts the bytes autograd
+keeps for the backward pass. A step back-propagates one term at a time, so it keeps the activations of its largest
+term only (a micro-batch of the batch, or DSC's candidate passes); the micro-batch shrinks first (no extra compute),
+and checkpointing goes on only when even that does not fit. So batch 8 trains anywhere batch 1 does, with batch 8's
+gradients; SDXL at 1024 px on a 12 GB card (~4.9 GiB kept per sample) checkpoints, a toy model on a CPU does neither."""
 from __future__ import annotations
 
 import torch
@@ -37,18 +39,47 @@ def resident_storages(modules) -> set[int]:
     return {t.untyped_storage().data_ptr() for m in modules for t in (*m.parameters(), *m.buffers())}
 
 
-def decide(mode: str, forward, passes: int, free_bytes: int | None, networks=()) -> dict:
-    """Whether to checkpoint, and why: {'on', 'mode', and for auto the measured MiB per sample, passes, free MiB}.
-    `forward` runs one training forward of one sample (only called in auto mode) through `networks`;
-    free_bytes None = unknown (off)."""
-    check_checkpointing(mode)
-    if mode != "auto":
-        return {"mode": mode, "on": mode == "on"}
+def _measure(forward, networks) -> int | None:
     try:
-        per_sample = saved_bytes(forward, resident_storages(networks))
+        return saved_bytes(forward, resident_storages(networks))
     except torch.OutOfMemoryError:  # one sample's activations alone do not fit
-        return {"mode": mode, "on": True, "reason": "one sample's activations did not fit"}
-    need = per_sample * passes
-    on = free_bytes is not None and need > FREE_SHARE * free_bytes
-    return {"mode": mode, "on": on, "saved_mib_per_sample": round(per_sample / 2**20, 1), "passes": passes,
-            "free_mib": None if free_bytes is None else round(free_bytes / 2**20)}
+        return None
+
+
+def _samples_that_fit(per_sample: int | None, free_bytes: int) -> int:
+    return int(FREE_SHARE * free_bytes // per_sample) if per_sample else 0
+
+
+def decide(mode: str, forward, batch: int, fixed: int, free_bytes: int | None, networks=(), micro: int = 0,
+           enable=lambda: None) -> dict:
+    """How a step fits the memory: whether to checkpoint, and how many samples of the batch go through one
+    forward/backward (the micro-batch: their gradients add up to the whole batch's, so the step is the same).
+    A step back-propagates one term at a time, so it keeps max(micro-batch, `fixed`) samples' activations, `fixed`
+    being its largest regulariser pass (DSC's candidates, the prior's prompts). Micro-batches cost no compute and
+    checkpointing re-runs every block, so auto shrinks the micro-batch first and checkpoints only when `fixed`
+    samples (or one) do not fit. `forward` runs one training forward of one sample through `networks`; `enable()`
+    turns checkpointing on. micro 0 = auto; free_bytes None = unknown (the whole batch, no checkpointing in auto).
+    Returns {'mode', 'on', 'micro_batch', 'passes', and what auto measured}."""
+    check_checkpointing(mode)
+    plan = {"mode": mode, "on": mode == "on"}
+    known = free_bytes is not None
+    per = None
+    if mode == "auto" or (mode == "off" and micro == 0 and known):
+        per = _measure(forward, networks)
+        plan.update(saved_mib_per_sample=None if per is None else round(per / 2**20, 1),
+                    free_mib=round(free_bytes / 2**20) if known else None)
+    if mode == "auto" and known:
+        least = max(1 if micro == 0 else min(micro, batch), fixed)  # the fewest samples a step can keep unchecked
+        plan["on"] = per is None or least > _samples_that_fit(per, free_bytes)
+        if per is None:
+            plan["reason"] = "one sample's activations did not fit"
+    if plan["on"]:
+        enable()
+    chunk = min(micro, batch) if micro > 0 else batch
+    if micro == 0 and known:
+        if plan["on"]:  # what a sample keeps once its blocks are recomputed
+            per = _measure(forward, networks)
+            plan["checkpointed_mib_per_sample"] = None if per is None else round(per / 2**20, 1)
+        chunk = min(batch, max(1, _samples_that_fit(per, free_bytes)))
+    plan.update(micro_batch=chunk, passes=max(chunk, fixed))
+    return plan

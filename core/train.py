@@ -15,6 +15,7 @@ moves each element by about lr per step, i.e. by lr x rms in the weight's units.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -42,7 +43,9 @@ class TrainConfig:
     # 0.0007 with rank 16, 0.002 measured for full rows (rank 0)
     token_lr: float = 0.1  # relative to the trigger embedding's RMS
     batch_size: int = 8  # samples per step; 4 learned 0.064 less held-out on the toy in 4 of 4 paired runs
-    # (bench/RESULTS.md, "Batch 8"); gradient checkpointing (auto) keeps it in memory, SDXL on 12 GB wants 1-2
+    # (bench/RESULTS.md, "Batch 8"); micro_batch and gradient checkpointing (auto) fit it in memory
+    micro_batch: int = 0  # samples per forward/backward, their gradients summed into the step: the same step in
+    # less memory; 0 = auto (as many as the free memory holds, measured; core/checkpointing.py)
     train_token: bool = True
     lam_prev: float = 1.0
     lam_base: float = 0.1
@@ -83,6 +86,8 @@ class TrainConfig:
             raise ValueError(f"rank must be >= 0 (got {self.rank})")
         if self.dc_temperature <= 0:
             raise ValueError(f"dc_temperature must be positive (got {self.dc_temperature})")
+        if self.micro_batch < 0:
+            raise ValueError(f"micro_batch must be >= 0, 0 = auto (got {self.micro_batch})")
         if self.prior_batch < 1:
             raise ValueError(f"prior_batch must be at least 1 (got {self.prior_batch})")
         for k in ("lam_prev", "lam_base", "lam_ewc", "lam_dsc", "lam_prior"):
@@ -248,48 +253,56 @@ def train_concept(
             ctx1 = backend.encode_text(uniq[:1], {trigger: token}) if token is not None else fixed_ctx[:1]
             return denoise_error(backend, x0[:1].to(dev), t1, eps1, ctx1).sum()
 
-        passes = (min(cfg.batch_size, len(x0)) + (cfg.dsc_batch * min(cfg.dc_max_candidates, n_prev + 1) if use_dsc else 0)
-                  + (cfg.prior_batch if use_prior else 0))
-        ckpt = decide(cfg.gradient_checkpointing, one_sample, passes, backend.free_memory(), backend.networks())
-        if ckpt["on"]:
-            backend.enable_gradient_checkpointing()
+        batch = min(cfg.batch_size, len(x0))
+        fixed = max(cfg.dsc_batch * min(cfg.dc_max_candidates, n_prev + 1) if use_dsc else 0,
+                    cfg.prior_batch if use_prior else 0)
+        ckpt = decide(cfg.gradient_checkpointing, one_sample, batch, fixed, backend.free_memory(), backend.networks(),
+                      cfg.micro_batch, backend.enable_gradient_checkpointing)
         for step in range(cfg.steps):
             opt.param_groups[0]["lr"] = 0.0 if step < rows_from else row_lr
-            idx = torch.randint(0, len(x0), (min(cfg.batch_size, len(x0)),), generator=gen)
+            opt.zero_grad(set_to_none=True)
+            vals: dict[str, float] = {}
+
+            def backward(**terms):  # each call's graph is freed before the next one is built
+                now = {k: float(v.detach()) for k, v in terms.items()}
+                if not all(map(math.isfinite, now.values())):
+                    raise NonFiniteLossError(
+                        f"loss became non-finite at step {step + 1}: "
+                        + ", ".join(f"{k}={x:.4g}" for k, x in {**vals, **now}.items())
+                        + "; nothing was applied (try a lower lr)"
+                    )
+                scaler.scale(sum(terms.values())).backward()
+                for k, v in now.items():
+                    vals[k] = vals.get(k, 0.0) + v
+
+            idx = torch.randint(0, len(x0), (batch,), generator=gen)
             xb = x0[idx].to(dev)
             t, eps = draw_t_eps(backend, xb, gen)
-            ctx = backend.encode_text(uniq, {trigger: token}) if token is not None else fixed_ctx
-            terms = {"diff": denoise_error(backend, xb, t, eps, ctx[which[idx].to(ctx.device)]).mean()}
-            if rowwise:
-                terms.update(row_penalties(deltas.flat_delta(), anchors, cfg))
-            else:
-                terms.update(deltas.penalty() if hasattr(deltas, "penalty") else {})
+            for c in range(0, batch, ckpt["micro_batch"]):  # the batch's mean, one micro-batch at a time
+                m = slice(c, c + ckpt["micro_batch"])
+                ctx = backend.encode_text(uniq, {trigger: token}) if token is not None else fixed_ctx
+                err = denoise_error(backend, xb[m], t[m], eps[m], ctx[which[idx[m]].to(ctx.device)])
+                backward(diff=err.sum() / batch)
+            pen = row_penalties(deltas.flat_delta(), anchors, cfg) if rowwise else (
+                deltas.penalty() if hasattr(deltas, "penalty") else {})
+            if pen:  # one graph: the terms share the delta's
+                backward(**pen)
             if use_dsc and step % cfg.dc_every == 0:
                 # c0 plus a random subset of earlier concepts; eps-MSE on the first sampled earlier one
                 earlier = (1 + torch.randperm(n_prev, generator=gen))[: cfg.dc_max_candidates - 1].tolist()
                 j = 1 if earlier else 0
-                terms["dsc"] = cfg.lam_dsc * dsc_loss(backend, deltas, xb[: cfg.dsc_batch], cand_ctx[[0] + earlier],
-                                                      gen, cfg, j)
+                backward(dsc=cfg.lam_dsc * dsc_loss(backend, deltas, xb[: cfg.dsc_batch], cand_ctx[[0] + earlier],
+                                                   gen, cfg, j))
             if use_prior:
                 pi = torch.randint(0, len(prior_ctx), (cfg.prior_batch,), generator=gen)
                 xi = torch.randint(0, len(x0), (cfg.prior_batch,), generator=gen)
-                terms["prior"] = cfg.lam_prior * prior_loss(backend, deltas, x0[xi].to(dev), prior_ctx[pi], gen)
-            loss = sum(terms.values())
-            vals = {k: float(v.detach()) for k, v in terms.items()}
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss became non-finite at step {step + 1}: "
-                    + ", ".join(f"{k}={v:.4g}" for k, v in vals.items())
-                    + "; nothing was applied (try a lower lr)"
-                )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+                backward(prior=cfg.lam_prior * prior_loss(backend, deltas, x0[xi].to(dev), prior_ctx[pi], gen))
             scaler.unscale_(opt)
             if cfg.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], cfg.max_grad_norm)
             scaler.step(opt)
             scaler.update()
-            vals["total"] = float(loss.detach())
+            vals["total"] = sum(vals.values())
             history.append(vals)
             if callback:
                 callback(step + 1, cfg.steps, vals)

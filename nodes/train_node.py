@@ -65,12 +65,14 @@ class ContinualTrainStep(io.ComfyNode):
                                  tooltip="Also learn the trigger word's embedding (the CLIP output carries it)."),
                 io.Int.Input("batch_size", default=TrainConfig.batch_size, min=1, max=64,
                              tooltip="Images per step: 8 learned more than 4 on the toy (bench/RESULTS.md, "
-                                     "\"Batch 8\"); lower it only for memory (SDXL on 12 GB: 1-2)."),
+                                     "\"Batch 8\"). Memory is micro_batch's and gradient_checkpointing's to "
+                                     "fit, not this: a smaller batch learns less."),
                 io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto",
                                tooltip="Recompute UNet blocks in the backward pass: less memory, slower (their forward "
-                                       "runs twice). auto: one forward measures what a step keeps, and it goes on when "
-                                       "that would not fit the free memory (SD1.5 at 512 px, batch 4, keeps ~6 GB "
-                                       "without it, ~1.3 GB with it: bench/RESULTS.md)."),
+                                       "runs twice). auto: one forward measures what a sample keeps, and it goes on "
+                                       "only when a step would not fit the free memory even in micro-batches (a step "
+                                       "keeps its largest term: the micro-batch or DSC's 5 candidate passes; SD1.5 at "
+                                       "512 px keeps ~0.7 GB a sample without it: bench/RESULTS.md)."),
                 Memory.Input("memory", optional=True, tooltip="Continual memory from earlier concepts (none: first concept)."),
                 io.String.Input("generic_prompt", default="a photo", tooltip="DC candidate standing for what the model drew before."),
                 io.Boolean.Input("replace", default=False,
@@ -101,6 +103,11 @@ class ContinualTrainStep(io.ComfyNode):
                 io.String.Input("prior_prompts", default="", multiline=True, optional=True,
                                 tooltip="The prompts lam_prior keeps, one per line, without the trigger (e.g. the "
                                         "subject's class: 'a photo of a dog'). Empty: 100 shipped generic prompts."),
+                io.Int.Input("micro_batch", default=TrainConfig.micro_batch, min=0, max=64, optional=True,
+                             tooltip="Images per forward/backward pass; their gradients add up to the whole batch's, "
+                                     "so a step is the same in less memory. 0 = auto: as many as the free memory "
+                                     "holds (measured), before gradient checkpointing is needed (bench/RESULTS.md, "
+                                     "'Batch 8 in any memory')."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
                      Memory.Output(display_name="memory"), io.Image.Output(display_name="loss_curve")],
@@ -111,7 +118,8 @@ class ContinualTrainStep(io.ComfyNode):
                 lam_dsc, dc_every, seed, train_token=True, batch_size=TrainConfig.batch_size,
                 gradient_checkpointing="auto", memory=None, generic_prompt="a photo", replace=False,
                 flip=TrainConfig.flip, precision="auto", rank=TrainConfig.rank,
-                token_first=TrainConfig.token_first, lam_prior=TrainConfig.lam_prior, prior_prompts="") -> io.NodeOutput:
+                token_first=TrainConfig.token_first, lam_prior=TrainConfig.lam_prior, prior_prompts="",
+                micro_batch=TrainConfig.micro_batch) -> io.NodeOutput:
         images = check_image_batch(images)
         check_trigger_in_prompt(prompt, trigger)
         prior = prior_prompt_lines(prior_prompts, trigger)
@@ -121,7 +129,7 @@ class ContinualTrainStep(io.ComfyNode):
         cfg = TrainConfig(steps=steps, lr=lr, lam_prev=lam_prev, lam_base=lam_base, lam_ewc=lam_ewc, lam_dsc=lam_dsc,
                           dc_every=dc_every, train_token=train_token, seed=seed,
                           batch_size=batch_size, gradient_checkpointing=gradient_checkpointing, precision=precision,
-                          flip=flip, rank=rank, token_first=token_first, lam_prior=lam_prior)
+                          flip=flip, rank=rank, token_first=token_first, lam_prior=lam_prior, micro_batch=micro_batch)
         cfg.validate()
         if old:  # the memory must explain the model as it came in, before anything is taken out
             with reading_backend(model, clip) as b:
@@ -139,7 +147,7 @@ class ContinualTrainStep(io.ComfyNode):
             cb = progress(steps, lambda s, t, terms: f"step {s}/{t} loss {terms.get('total', 0):.4f}")
             res, _ = train_into_memory(b, mem, x0, name, trigger, prompt, neurons.rows, cfg, callback=cb,
                                        first_image=images[0], prior_prompts=prior)
-            logging.info("Continual Train Step: gradient checkpointing %s", res.checkpointing)
+            logging.info("Continual Train Step: memory plan (micro-batch, gradient checkpointing) %s", res.checkpointing)
             out_clip = patched_clip(clip, b, trigger, res.token)
         with torch.inference_mode(False):
             out_model = patched_model(model, res.deltas)
