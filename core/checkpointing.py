@@ -55,7 +55,7 @@ def decide(mode: str, forward, batch: int, fixed: int, free_bytes: int | None, n
     """How a step fits the memory: whether to checkpoint, and how many samples of the batch go through one
     forward/backward (the micro-batch: their gradients add up to the whole batch's, so the step is the same).
     A step back-propagates one term at a time, so it keeps max(micro-batch, `fixed`) samples' activations, `fixed`
-    being its largest regulariser pass (DSC's candidates, the prior's prompts). Micro-batches cost no compute and
+    being its largest regulariser pass (DSC's candidates, the prior's prompts). Micro-batches cost no extra compute and
     checkpointing re-runs every block, so auto shrinks the micro-batch first and checkpoints only when `fixed`
     samples (or one) do not fit. `forward` runs one training forward of one sample through `networks`; `enable()`
     turns checkpointing on. micro 0 = auto; free_bytes None = unknown (the whole batch, no checkpointing in auto).
