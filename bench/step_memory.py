@@ -1,8 +1,9 @@
 """What one default training step keeps for its backward pass, measured exactly on the CPU at the real SD1.5
 architecture (random weights): the peak of the bytes autograd holds at once during a whole step (batch 8, DSC over
-c0 + 4 earlier concepts, the prior term), for each micro-batch and with checkpointing. A step back-propagates one
-term at a time and the batch one micro-batch at a time, so its peak is its largest term's, not their sum: the
-numbers the `micro_batch` default (auto) is chosen from where no GPU is at hand.
+c0 + 4 earlier concepts, the prior term), for each micro-batch, with checkpointing, and as auto plans it on a
+device with room for 2.5 samples (micro-batches of 2, DSC one candidate at a time). A step back-propagates one term
+at a time and the batch one micro-batch at a time, so its peak is its largest term's, not their sum: the numbers the
+`micro_batch` default (auto) is chosen from where no GPU is at hand.
 
     python -m continual_concepts.bench.step_memory [--latent 32] [--micro 8,4,2,1] [--threads 2] [--small]
 Last line: one JSON object."""
@@ -65,6 +66,7 @@ def step_peak(backend, x0, rows, memory, prior, **cfg) -> tuple[int, float, dict
 
 
 def main(argv=None) -> int:
+    from ..core.checkpointing import FREE_SHARE
     from ..core.memory import ConceptRecord, ContinualMemory
     from .gpu_sd15 import build
 
@@ -85,13 +87,22 @@ def main(argv=None) -> int:
         mem.add_concept(ConceptRecord(f"earlier{i}", w, f"a {w} cat", rows={}, delta={}))
     prior = ["a photo of a dog", "a red circle", "a cat"]
     out = {"size": "small" if a.small else "sd15", "latent": latent, "batch_size": 8, "steps": []}
-    for micro, ckpt in [(int(m), "off") for m in a.micro.split(",")] + [(1, "on")]:
+    free = b.free_memory
+    # checkpointing last: a backend keeps it on once enabled
+    runs = [(int(m), "off", None) for m in a.micro.split(",")] + [(0, "auto", 2.5), (1, "on", None)]
+    for micro, ckpt, room in runs:  # room: auto on a device that holds this many samples' activations
+        if room is not None:
+            per = out["steps"][0]["saved_MiB_per_sample"] * 2**20
+            b.free_memory = lambda: room * per / FREE_SHARE
         peak, sec, plan = step_peak(b, x0, rows, mem, prior, batch_size=8, micro_batch=micro,
                                     gradient_checkpointing=ckpt)
-        out["steps"].append({"micro_batch": micro, "checkpointing": ckpt, "peak_saved_MiB": round(peak / 2**20, 1),
-                             "seconds": round(sec, 1), "passes": plan["passes"]})
-        print(f"micro {micro}, checkpointing {ckpt}: {peak / 2**20:.0f} MiB kept at the peak, {sec:.1f} s",
-              file=sys.stderr)
+        b.free_memory = free
+        out["steps"].append({"micro_batch": plan["micro_batch"], "checkpointing": ckpt, "on": plan["on"],
+                             "dsc_split": plan["dsc_split"], "room_samples": room,
+                             "peak_saved_MiB": round(peak / 2**20, 1), "seconds": round(sec, 1),
+                             "passes": plan["passes"], "saved_MiB_per_sample": plan.get("saved_mib_per_sample")})
+        print(f"micro {plan['micro_batch']}, checkpointing {plan['on']}, DSC split {plan['dsc_split']}: "
+              f"{peak / 2**20:.0f} MiB kept at the peak, {sec:.1f} s", file=sys.stderr)
     print(json.dumps(out))
     return 0
 

@@ -158,17 +158,42 @@ def teacher_and_student(backend, deltas, x0, t, eps, contexts):
     return teacher, denoise_error(backend, x0, t, eps, contexts, return_pred=True)
 
 
-def dsc_loss(backend, deltas, x0, contexts, gen, cfg: TrainConfig, j: int):
-    """KL(P_teacher || P_student) over the DC candidates + eps MSE on candidate j, one shared x_t."""
+def dsc_loss(backend, deltas, x0, contexts, gen, cfg: TrainConfig, j: int, backward=None):
+    """KL(P_teacher || P_student) over the DC candidates + eps MSE on candidate j, one shared x_t.
+    With `backward` (a function that back-propagates a loss), one candidate's passes at a time: the student's
+    errors are first computed without gradients for the KL's weights dKL/d(error), then each candidate's error is
+    computed again with them and back-propagated as weight x error (+ its eps MSE). The gradient is the whole
+    term's, a step holds one candidate's activations instead of all of them, and the value is returned detached
+    (a non-finite value is returned before anything is back-propagated)."""
     B, K = x0.shape[0], contexts.shape[0]
     t, eps = draw_t_eps(backend, x0, gen)
     xr, er, tr = x0.repeat_interleave(K, 0), eps.repeat_interleave(K, 0), t.repeat_interleave(K, 0)
-    (err_t, e_t), (err_s, e_s) = teacher_and_student(backend, deltas, xr, tr, er, contexts.repeat(B, 1, 1))
-    lt = dc_logits(err_t.view(B, K), cfg.dc_temperature)
-    ls = dc_logits(err_s.view(B, K), cfg.dc_temperature)
-    kl = F.kl_div(ls.log_softmax(1), lt.log_softmax(1), log_target=True, reduction="batchmean")
-    mse = (e_s.view(B, K, -1)[:, j] - e_t.view(B, K, -1)[:, j]).pow(2).mean()
-    return kl + mse
+    cr = contexts.repeat(B, 1, 1)
+
+    def kl_of(err_s, err_t):
+        lt = dc_logits(err_t.view(B, K), cfg.dc_temperature)
+        ls = dc_logits(err_s.view(B, K), cfg.dc_temperature)
+        return F.kl_div(ls.log_softmax(1), lt.log_softmax(1), log_target=True, reduction="batchmean")
+
+    if backward is None:
+        (err_t, e_t), (err_s, e_s) = teacher_and_student(backend, deltas, xr, tr, er, cr)
+        return kl_of(err_s, err_t) + (e_s.view(B, K, -1)[:, j] - e_t.view(B, K, -1)[:, j]).pow(2).mean()
+    with torch.no_grad():
+        (err_t, e_t), (err_s, e_s) = teacher_and_student(backend, deltas, xr, tr, er, cr)
+    e_tj = e_t.view(B, K, -1)[:, j]
+    err = err_s.detach().requires_grad_()
+    with torch.enable_grad():
+        kl = kl_of(err, err_t)
+        (weight,) = torch.autograd.grad(kl, err)
+    value = kl.detach() + (e_s.view(B, K, -1)[:, j] - e_tj).pow(2).mean()
+    if not torch.isfinite(value):
+        return value
+    for k in range(K):
+        sel = torch.arange(B, device=xr.device) * K + k
+        err_k, pred_k = denoise_error(backend, xr[sel], tr[sel], er[sel], cr[sel], return_pred=True)
+        loss = (weight[sel] * err_k).sum()
+        backward(loss + (pred_k.flatten(1) - e_tj).pow(2).mean() if k == j else loss)
+    return value
 
 
 def prior_loss(backend, deltas, x0, contexts, gen):
@@ -254,26 +279,30 @@ def train_concept(
             return denoise_error(backend, x0[:1].to(dev), t1, eps1, ctx1).sum()
 
         batch = min(cfg.batch_size, len(x0))
-        fixed = max(cfg.dsc_batch * min(cfg.dc_max_candidates, n_prev + 1) if use_dsc else 0,
-                    cfg.prior_batch if use_prior else 0)
-        ckpt = decide(cfg.gradient_checkpointing, one_sample, batch, fixed, backend.free_memory(), backend.networks(),
-                      cfg.micro_batch, backend.enable_gradient_checkpointing)
+        dsc_passes = cfg.dsc_batch * min(cfg.dc_max_candidates, n_prev + 1) if use_dsc else 0
+        prior_passes = cfg.prior_batch if use_prior else 0
+        ckpt = decide(cfg.gradient_checkpointing, one_sample, batch, max(dsc_passes, prior_passes),
+                      backend.free_memory(), backend.networks(), cfg.micro_batch, backend.enable_gradient_checkpointing,
+                      max(cfg.dsc_batch if use_dsc else 0, prior_passes))
         for step in range(cfg.steps):
             opt.param_groups[0]["lr"] = 0.0 if step < rows_from else row_lr
             opt.zero_grad(set_to_none=True)
             vals: dict[str, float] = {}
 
-            def backward(**terms):  # each call's graph is freed before the next one is built
-                now = {k: float(v.detach()) for k, v in terms.items()}
+            def record(**values):
+                now = {k: float(v) for k, v in values.items()}
                 if not all(map(math.isfinite, now.values())):
                     raise NonFiniteLossError(
                         f"loss became non-finite at step {step + 1}: "
                         + ", ".join(f"{k}={x:.4g}" for k, x in {**vals, **now}.items())
                         + "; nothing was applied (try a lower lr)"
                     )
-                scaler.scale(sum(terms.values())).backward()
                 for k, v in now.items():
                     vals[k] = vals.get(k, 0.0) + v
+
+            def backward(**terms):  # each call's graph is freed before the next one is built
+                record(**{k: v.detach() for k, v in terms.items()})
+                scaler.scale(sum(terms.values())).backward()
 
             idx = torch.randint(0, len(x0), (batch,), generator=gen)
             xb = x0[idx].to(dev)
@@ -291,8 +320,12 @@ def train_concept(
                 # c0 plus a random subset of earlier concepts; eps-MSE on the first sampled earlier one
                 earlier = (1 + torch.randperm(n_prev, generator=gen))[: cfg.dc_max_candidates - 1].tolist()
                 j = 1 if earlier else 0
-                backward(dsc=cfg.lam_dsc * dsc_loss(backend, deltas, xb[: cfg.dsc_batch], cand_ctx[[0] + earlier],
-                                                   gen, cfg, j))
+                args = (backend, deltas, xb[: cfg.dsc_batch], cand_ctx[[0] + earlier], gen, cfg, j)
+                if ckpt["dsc_split"]:
+                    record(dsc=cfg.lam_dsc * dsc_loss(
+                        *args, backward=lambda l: scaler.scale(cfg.lam_dsc * l).backward()))
+                else:
+                    backward(dsc=cfg.lam_dsc * dsc_loss(*args))
             if use_prior:
                 pi = torch.randint(0, len(prior_ctx), (cfg.prior_batch,), generator=gen)
                 xi = torch.randint(0, len(x0), (cfg.prior_batch,), generator=gen)

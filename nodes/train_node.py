@@ -70,8 +70,8 @@ class ContinualTrainStep(io.ComfyNode):
                 io.Combo.Input("gradient_checkpointing", options=list(CHECKPOINTING), default="auto",
                                tooltip="Recompute UNet blocks in the backward pass: less memory, slower (their forward "
                                        "runs twice). auto: one forward measures what a sample keeps, and it goes on "
-                                       "only when a step would not fit the free memory even in micro-batches (a step "
-                                       "keeps its largest term: the micro-batch or DSC's 5 candidate passes; SD1.5 at "
+                                       "only when a step would not fit the free memory even in micro-batches with DSC "
+                                       "one candidate at a time (then a step keeps 2 samples' activations; SD1.5 at "
                                        "512 px keeps ~0.7 GB a sample without it: bench/RESULTS.md)."),
                 Memory.Input("memory", optional=True, tooltip="Continual memory from earlier concepts (none: first concept)."),
                 io.String.Input("generic_prompt", default="a photo", tooltip="DC candidate standing for what the model drew before."),
@@ -106,8 +106,8 @@ class ContinualTrainStep(io.ComfyNode):
                 io.Int.Input("micro_batch", default=TrainConfig.micro_batch, min=0, max=64, optional=True,
                              tooltip="Images per forward/backward pass; their gradients add up to the whole batch's, "
                                      "so a step is the same in less memory. 0 = auto: as many as the free memory "
-                                     "holds (measured), before gradient checkpointing is needed (bench/RESULTS.md, "
-                                     "'Batch 8 in any memory')."),
+                                     "holds (measured), and DSC one candidate at a time if need be, before gradient "
+                                     "checkpointing (bench/RESULTS.md, 'Batch 8 in any memory')."),
             ],
             outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
                      Memory.Output(display_name="memory"), io.Image.Output(display_name="loss_curve")],

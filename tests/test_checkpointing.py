@@ -68,17 +68,21 @@ def _kept(per_sample, ckpt_per_sample):
 P = 4 * 1024 * 1024
 
 
-@pytest.mark.parametrize("samples_free, on, micro", [
-    (10, False, 8),  # the whole batch fits
-    (6, False, 6),  # micro-batches first: they cost no compute
-    (5, False, 5),  # DSC's 5 candidate passes just fit
-    (4, True, 8),  # not even DSC's passes: checkpointing, then the batch fits again (a quarter per sample)
-    (1, True, 4),  # checkpointed, a micro-batch of 4
+@pytest.mark.parametrize("samples_free, split_passes, on, micro, split", [
+    (10, 5, False, 8, False),  # the whole batch fits
+    (6, 5, False, 6, False),  # micro-batches first: they cost no extra compute
+    (5, 5, False, 5, False),  # DSC's 5 candidate passes just fit
+    (4, 5, True, 8, False),  # DSC cannot split: checkpointing, then the batch fits again (a quarter per sample)
+    (1, 5, True, 4, False),  # checkpointed, a micro-batch of 4 (DSC cannot split)
+    (4, 2, False, 4, True),  # DSC one candidate at a time before checkpointing
+    (2, 2, False, 2, True),  # the prior's 2 prompts are the floor
+    (1, 2, True, 4, True),
 ])
-def test_auto_shrinks_the_micro_batch_before_it_checkpoints(samples_free, on, micro):
+def test_auto_takes_the_cheapest_way_that_fits(samples_free, split_passes, on, micro, split):
     forward, enable = _kept(P, P // 4)
-    plan = decide("auto", forward, 8, 5, samples_free * P / 0.8, (), 0, enable)
-    assert (plan["on"], plan["micro_batch"], plan["passes"]) == (on, micro, max(micro, 5))
+    plan = decide("auto", forward, 8, 5, samples_free * P / 0.8, (), 0, enable, split_passes)
+    assert (plan["on"], plan["micro_batch"], plan["dsc_split"]) == (on, micro, split)
+    assert plan["passes"] == max(micro, split_passes if split else 5)
 
 
 def test_a_given_micro_batch_or_mode_is_kept():
@@ -86,36 +90,70 @@ def test_a_given_micro_batch_or_mode_is_kept():
     assert decide("auto", forward, 8, 5, 6 * P / 0.8, (), 2, enable)["on"] is False  # max(2, 5) samples fit
     assert decide("auto", forward, 8, 5, 4 * P / 0.8, (), 2, enable)["on"] is True
     assert decide("off", _kept(P, P)[0], 8, 0, 3 * P / 0.8, (), 0)["micro_batch"] == 3  # off: micro-batches alone
-    assert decide("on", lambda: 1 / 0, 8, 5, 0, (), 2) == {"mode": "on", "on": True, "micro_batch": 2, "passes": 5}
+    assert decide("on", lambda: 1 / 0, 8, 5, None, (), 2) == {"mode": "on", "on": True, "micro_batch": 2,
+                                                              "dsc_split": False, "passes": 5}
     assert decide("off", lambda: 1 / 0, 8, 5, None, (), 0) == {"mode": "off", "on": False, "micro_batch": 8,
-                                                                 "passes": 8}
+                                                                 "dsc_split": False, "passes": 8}
     with pytest.raises(ValueError, match="micro_batch must be >= 0"):
         TrainConfig(micro_batch=-1).validate()
-    with pytest.raises(ValueError, match="gradient_checkpointing must be one of auto, on, off"):
-        TrainConfig(gradient_checkpointing=True).validate()
 
 
-def _learn(micro, steps=3):
-    """Three default steps on a tiny model that has learned one concept (two of its rows shared: both row
-    anchors): DSC, the prior term, rows and token."""
+def test_dsc_one_candidate_at_a_time_gives_the_whole_term():
+    from continual_concepts.core.row_delta import RowDeltas
+    from continual_concepts.core.train import dsc_loss
+
+    b = _backend(8)
+    deltas = RowDeltas.on(b, {l.name: torch.tensor([0, 1, 2]) for l in b.projection_layers()}, "cpu")
+    with torch.no_grad():  # a student that differs from its teacher, so the KL and the MSE have gradients
+        for p in deltas.parameters():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(1))
+    x0 = b.encode_images(torch.rand(2, 8, 8, 3, generator=torch.Generator().manual_seed(0)))
+    ctx = b.encode_text(["a photo", "a zwx cat", "a red circle"]).detach()
+    grads = []
+    with deltas.applied(b):
+        whole = dsc_loss(b, deltas, x0, ctx, torch.Generator().manual_seed(0), TrainConfig(), 1)
+        whole.backward()
+        grads.append([p.grad.clone() for p in deltas.parameters()])
+        for p in deltas.parameters():
+            p.grad = None
+        calls = []
+        split = dsc_loss(b, deltas, x0, ctx, torch.Generator().manual_seed(0), TrainConfig(), 1,
+                         backward=lambda l: (calls.append(1), l.backward()))
+        grads.append([p.grad.clone() for p in deltas.parameters()])
+    assert len(calls) == 3 and not split.requires_grad
+    torch.testing.assert_close(split, whole.detach(), rtol=1e-5, atol=1e-8)
+    for g_split, g_whole in zip(*reversed(grads)):
+        assert float(g_whole.abs().max()) > 0
+        torch.testing.assert_close(g_split, g_whole, rtol=1e-4, atol=1e-4 * float(g_whole.abs().max()))
+
+
+def _learn(micro, steps=3, free=None):
+    """Three default steps on a tiny model that has learned two concepts (two rows shared with the first: both row
+    anchors): DSC over 3 candidates, the prior term's 2 prompts, rows and token."""
     from continual_concepts.core.memory import ConceptRecord, ContinualMemory
 
     b = _backend(8)
+    if free is not None:
+        b.free_memory = lambda: free
     mem = ContinualMemory.for_model(b)
     rows = {l.name: torch.tensor([0, 1, 2]) for l in b.projection_layers()}
     first = b.projection_layers()[0]
     mem.add_concept(ConceptRecord("earlier", "zwx", "a zwx cat", rows={first.name: torch.tensor([1, 2])},
                                   delta={first.name: torch.zeros(2, first.weight.shape[1])}))
+    mem.add_concept(ConceptRecord("other", "plk", "a plk dog", rows={}, delta={}))  # DSC: 3 candidates
     x0 = b.encode_images(torch.rand(5, 8, 8, 3, generator=torch.Generator().manual_seed(0)))
     cfg = TrainConfig(steps=steps, batch_size=4, micro_batch=micro, token_first=0, rank=0, lr=0.01)
     return train_concept(b, x0, "a sks dog", "sks", rows, mem, cfg, prior_prompts=["a red circle", "a cat"])
 
 
-def test_micro_batches_give_the_whole_batch_step():
+def test_micro_batches_and_dsc_split_give_the_whole_batch_step():
     whole = _learn(4)
-    assert whole.checkpointing["micro_batch"] == 4
-    for micro in (1, 3):  # 3: a micro-batch of 3 and one of 1, weighted by their share of the batch
-        part = _learn(micro)
+    assert whole.checkpointing["micro_batch"] == 4 and not whole.checkpointing["dsc_split"]
+    per = whole.checkpointing["saved_mib_per_sample"] * 2**20
+    tight = _learn(0, free=2.5 * per / 0.8)  # room for 2 samples: DSC's 3 candidates one at a time, no checkpointing
+    assert (tight.checkpointing["micro_batch"], tight.checkpointing["dsc_split"], tight.checkpointing["on"]) == (
+        2, True, False)
+    for part, micro in ((_learn(1), 1), (_learn(3), 3), (tight, 2)):  # 3: micro-batches of 3 and 1, weighted
         assert part.checkpointing["micro_batch"] == micro
         for k, (rows, d) in whole.deltas.items():
             assert float(d.abs().max()) > 0
@@ -130,7 +168,8 @@ def test_micro_batches_give_the_whole_batch_step():
 
 def test_a_step_keeps_its_largest_term_not_the_sum():
     """Measured: the peak of what autograd holds during a whole default step (batch 8, DSC over 5 candidates, the
-    prior term) is the batch's forward, and shrinks to DSC's 5 candidate passes with micro-batches."""
+    prior term) is the batch's forward, shrinks to DSC's 5 candidate passes with micro-batches, and to 2 passes with
+    DSC one candidate at a time."""
     from continual_concepts.bench.step_memory import main
 
     import json
@@ -140,7 +179,10 @@ def test_a_step_keeps_its_largest_term_not_the_sum():
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         assert main(["--small", "--micro", "8,1", "--threads", "1"]) == 0
-    steps = {(s["micro_batch"], s["checkpointing"]): s["peak_saved_MiB"] for s in json.loads(buf.getvalue())["steps"]}
-    whole, micro1, ckpt = steps[(8, "off")], steps[(1, "off")], steps[(1, "on")]
+    steps = {(s["micro_batch"], s["checkpointing"]): s for s in json.loads(buf.getvalue())["steps"]}
+    whole, micro1, ckpt = (steps[k]["peak_saved_MiB"] for k in ((8, "off"), (1, "off"), (1, "on")))
     assert 0.5 < micro1 / whole < 0.75  # 5 candidate passes against 8 samples, not 8 + 5 + 2
     assert ckpt < 0.5 * micro1
+    tight = steps[(2, "auto")]  # room for 2.5 samples: micro-batches of 2, DSC one candidate at a time, no checkpoints
+    assert (tight["on"], tight["dsc_split"]) == (False, True)
+    assert 0.3 < tight["peak_saved_MiB"] / micro1 < 0.5  # 2 passes against DSC's 5
