@@ -76,7 +76,7 @@ def decide(mode: str, forward, batch: int, fixed: int, free_bytes: int | None, n
     def fits(samples):
         return known and samples <= _samples_that_fit(per, free_bytes)
 
-    if mode == "auto" or known:
+    if mode == "auto" or (known and mode == "off"):  # "on" measures once, checkpointed (below)
         measure("saved_mib_per_sample")
         plan["free_mib"] = round(free_bytes / 2**20) if known else None
     least = 1 if micro == 0 else min(micro, batch)  # the fewest batch samples a step can hold at once

@@ -284,26 +284,27 @@ def train_concept(
         ckpt = decide(cfg.gradient_checkpointing, one_sample, batch, max(dsc_passes, prior_passes),
                       backend.free_memory(), backend.networks(), cfg.micro_batch, backend.enable_gradient_checkpointing,
                       max(cfg.dsc_batch if use_dsc else 0, prior_passes))
+        step, vals = 0, {}
+
+        def record(**values):  # a step's loss values, summed per term; a non-finite one stops with nothing applied
+            now = {k: float(v) for k, v in values.items()}
+            if not all(map(math.isfinite, now.values())):
+                raise NonFiniteLossError(
+                    f"loss became non-finite at step {step + 1}: "
+                    + ", ".join(f"{k}={x:.4g}" for k, x in {**vals, **now}.items())
+                    + "; nothing was applied (try a lower lr)"
+                )
+            for k, v in now.items():
+                vals[k] = vals.get(k, 0.0) + v
+
+        def backward(**terms):  # each call's graph is freed before the next one is built
+            record(**{k: v.detach() for k, v in terms.items()})
+            scaler.scale(sum(terms.values())).backward()
+
         for step in range(cfg.steps):
             opt.param_groups[0]["lr"] = 0.0 if step < rows_from else row_lr
             opt.zero_grad(set_to_none=True)
-            vals: dict[str, float] = {}
-
-            def record(**values):
-                now = {k: float(v) for k, v in values.items()}
-                if not all(map(math.isfinite, now.values())):
-                    raise NonFiniteLossError(
-                        f"loss became non-finite at step {step + 1}: "
-                        + ", ".join(f"{k}={x:.4g}" for k, x in {**vals, **now}.items())
-                        + "; nothing was applied (try a lower lr)"
-                    )
-                for k, v in now.items():
-                    vals[k] = vals.get(k, 0.0) + v
-
-            def backward(**terms):  # each call's graph is freed before the next one is built
-                record(**{k: v.detach() for k, v in terms.items()})
-                scaler.scale(sum(terms.values())).backward()
-
+            vals = {}
             idx = torch.randint(0, len(x0), (batch,), generator=gen)
             xb = x0[idx].to(dev)
             t, eps = draw_t_eps(backend, xb, gen)
