@@ -14,8 +14,8 @@ GUIDANCE, STEPS = 4.0, 20
 ORDER = ["striped-diamond", "ring-dot", "checker-square", "split-circle", "blue-striped-diamond", "cross-dot",
          "twin-dots", "framed-square"]
 # Protocol, like real personalization sets (DreamBooth, CustomConcept101 show a subject in several contexts):
-# each concept's images show it on two backgrounds, at jittered positions and scales, each captioned with its
-# background; accuracy counts on the two backgrounds never trained on (training contexts are reported apart).
+# each concept's images show it on three backgrounds, at jittered positions and scales, each captioned with its
+# background; accuracy counts on the background never trained on, teal (training contexts are reported apart).
 TRAIN_BGS = ("gray", "black", "white")
 HELDOUT_BGS = tuple(b for b in BG_NAMES if b not in TRAIN_BGS)
 IMAGES_PER_CONCEPT = 9
