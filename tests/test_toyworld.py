@@ -139,7 +139,8 @@ def test_benchmark_seeds_run_each_method_once_per_seed_and_report_the_spread(mon
 
 def test_ceilings_average_each_concept_over_training_seeds(monkeypatch, tmp_path, capsys):
     """`--ceiling-seeds N`: each concept's ceiling is trained at seeds train.seed .. train.seed + N - 1 and the
-    denominator is their mean (one seed moves a concept by up to ±0.5); the per-seed values are kept."""
+    denominator is their mean (one seed moves a concept by up to ±0.5); the per-seed values are kept. The ceiling
+    trains its own number of steps (600 plain, 300 with the prior term; `--ceiling-steps`)."""
     import json
 
     from continual_concepts.bench.toyworld import benchmark
@@ -147,7 +148,7 @@ def test_ceilings_average_each_concept_over_training_seeds(monkeypatch, tmp_path
     seen = []
 
     def fake_ceiling(make_backend, world, spec, cfg, lam_prior=0.0):
-        seen.append((spec.name, cfg.seed, lam_prior))
+        seen.append((spec.name, cfg.seed, lam_prior, cfg.steps))
         return {"heldout": 0.25 * cfg.seed, "train_context": 1.0, "base_after": 1.0, "seconds": 1.0,
                 "params_pct": 100.0}
 
@@ -155,17 +156,25 @@ def test_ceilings_average_each_concept_over_training_seeds(monkeypatch, tmp_path
     assert benchmark.main(["--methods", "", "--concepts", "2", "--ceiling-seeds", "3", "--set", "seed:1",
                            "--out", str(tmp_path)]) == 0
     world = benchmark.ToyWorld(n_concepts=2)
-    assert seen == [(s.name, k, 0.0) for s in world.concepts for k in (1, 2, 3)]
+    # the plain ceiling at its own 600 steps, not the methods' 300
+    assert seen == [(s.name, k, 0.0, 600) for s in world.concepts for k in (1, 2, 3)]
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["ceiling_avg_acc"] == pytest.approx(0.5)  # (0.25 + 0.5 + 0.75) / 3 for each concept
     kept = json.loads((tmp_path / "ceilings.json").read_text())
     assert [c["heldout_per_seed"] for c in kept] == [[0.25, 0.5, 0.75]] * 2
     with pytest.raises(SystemExit):
         benchmark.main(["--methods", "", "--ceiling-seeds", "0"])
-    seen.clear()  # `--ceiling-prior λ`: the same fine-tunes with prior preservation at λ
+    with pytest.raises(SystemExit):
+        benchmark.main(["--methods", "", "--ceiling-steps", "0"])
+    seen.clear()  # `--ceiling-prior λ`: the same fine-tunes with prior preservation at λ, at 300 steps
     assert benchmark.main(["--methods", "", "--concepts", "2", "--ceiling-seeds", "1", "--ceiling-prior", "1",
                            "--out", str(tmp_path / "prior")]) == 0
-    assert seen == [(s.name, 0, 1.0) for s in world.concepts]
+    assert seen == [(s.name, 0, 1.0, 300) for s in world.concepts]
+    seen.clear()  # `--ceiling-steps N` sets either, whatever the methods' --steps
+    assert benchmark.main(["--methods", "", "--concepts", "2", "--ceiling-seeds", "1", "--ceiling-steps", "7",
+                           "--steps", "5", "--out", str(tmp_path / "steps")]) == 0
+    assert seen == [(s.name, 0, 0.0, 7) for s in world.concepts]
+    assert [c["steps"] for c in json.loads((tmp_path / "steps" / "ceilings.json").read_text())] == [7, 7]
 
 
 def test_demo_reports_what_its_ceilings_cost_the_base_prompts(monkeypatch, tmp_path):

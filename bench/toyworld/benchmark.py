@@ -22,7 +22,7 @@ import torch
 from ...core.backends.diffusers_backend import DiffusersBackend
 from ...core.neurons import SelectConfig
 from ...core.train import TrainConfig
-from ..ceiling import ceiling
+from ..ceiling import ceiling, ceiling_steps
 from ..continual_bench import run_method, write_outputs
 from ..methods import METHODS
 from . import load_components
@@ -88,12 +88,14 @@ def make_backend(folder=None):
 
 
 def ceilings(world, train: TrainConfig, log=print, backend=make_backend, seeds: int = 1,
-             lam_prior: float = 0.0) -> list[dict]:
+             lam_prior: float = 0.0, steps: int | None = None) -> list[dict]:
     """Each concept's ceiling, averaged over `seeds` training seeds from train.seed: one 9-image fine-tune moves by
     up to ±0.5 between seeds (cross-dot 0.88 / 0.38 / 0.25, bench/RESULTS.md), so one seed is a noisy denominator.
     lam_prior > 0: the fine-tune with prior preservation (the most the model takes of a concept while it keeps
-    drawing its other prompts)."""
+    drawing its other prompts). `steps`: the fine-tune's own step count, not the method's (default: bench.ceiling's for
+    lam_prior)."""
     out = []
+    train = replace(train, steps=steps or ceiling_steps(lam_prior))
     for s in world.concepts:
         runs = [ceiling(backend, world, s, replace(train, seed=train.seed + k), lam_prior=lam_prior)
                 for k in range(seeds)]
@@ -104,7 +106,7 @@ def ceilings(world, train: TrainConfig, log=print, backend=make_backend, seeds: 
         log(f"  ceiling {s.name}: held-out {c['heldout']:.2f}, training contexts {c['train_context']:.2f}, "
             f"base prompts after {c['base_after']:.2f}"
             + (f" (mean of {seeds} seeds)" if seeds > 1 else ""))
-        out.append({"concept": s.name, **c})
+        out.append({"concept": s.name, "steps": train.steps, **c})
     return out
 
 
@@ -134,6 +136,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ceiling-prior", type=float, default=0.0, help="the ceiling's fine-tune with prior "
                                                                       "preservation at this weight (0: the plain "
                                                                       "whole-UNet fine-tune, the recorded ceiling)")
+    ap.add_argument("--ceiling-steps", type=int, default=None, help="the ceiling's fine-tune steps (default "
+                                                                    "600, 300 with --ceiling-prior; the methods' are "
+                                                                    "--steps)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--steps", type=int, default=None, help=f"steps per concept (default {TRAIN.steps})")
     ap.add_argument("--threads", type=int, default=2)
@@ -147,6 +152,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.ceiling_seeds < 1:
         ap.error(f"--ceiling-seeds must be at least 1 (got {a.ceiling_seeds})")
+    if a.ceiling_steps is not None and a.ceiling_steps < 1:
+        ap.error(f"--ceiling-steps must be at least 1 (got {a.ceiling_steps})")
     torch.set_num_threads(a.threads)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]  # none: ceilings only
     out = Path(a.out or f"out/bench-toy-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -157,7 +164,8 @@ def main(argv=None) -> int:
     train = replace(train, steps=a.steps or train.steps)
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     backend = partial(make_backend, a.model)
-    ceil = [] if a.quick or a.no_ceiling else ceilings(world, train, log, backend, a.ceiling_seeds, a.ceiling_prior)
+    ceil = [] if a.quick or a.no_ceiling else ceilings(world, train, log, backend, a.ceiling_seeds, a.ceiling_prior,
+                                                         a.ceiling_steps)
     results = []
     for m in methods:
         for seed in range(a.seeds):
