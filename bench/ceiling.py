@@ -14,8 +14,8 @@ from ..core.train import TrainConfig, train_concept
 
 CEILING_LR = 2e-4  # absolute, Adam on every UNet weight (the toy model was pretrained at 6e-4)
 # Each ceiling at the step count that measured higher on the toy (bench/RESULTS.md, "The ceiling at 600 steps"): the
-# plain fine-tune at 300 steps stopped short (4 paired seeds: 0.862 held-out at 600, 0.738 at 300); with the prior
-# term, 600 steps learned less than 300 (2 paired seeds: 0.711 against 0.776)
+# plain fine-tune at 300 steps stopped short (6 paired seeds: 0.832 held-out at 600 against 0.761, higher in 5); with
+# the prior term, 600 steps learned less than 300 (2 paired seeds: 0.711 against 0.776)
 CEILING_STEPS, CEILING_PRIOR_STEPS = 600, 300
 
 
