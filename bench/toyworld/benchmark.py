@@ -136,9 +136,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ceiling-prior", type=float, default=0.0, help="the ceiling's fine-tune with prior "
                                                                       "preservation at this weight (0: the plain "
                                                                       "whole-UNet fine-tune, the recorded ceiling)")
-    ap.add_argument("--ceiling-steps", type=int, default=None, help="the ceiling's fine-tune steps (default "
-                                                                    "600, 300 with --ceiling-prior; the methods' are "
-                                                                    "--steps)")
+    ap.add_argument("--ceiling-steps", type=int, default=None, help=f"the ceiling's fine-tune steps (default "
+                                                                    f"{ceiling_steps(0)}, {ceiling_steps(1)} with "
+                                                                    f"--ceiling-prior; the methods' are --steps)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--steps", type=int, default=None, help=f"steps per concept (default {TRAIN.steps})")
     ap.add_argument("--threads", type=int, default=2)

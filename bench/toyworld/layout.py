@@ -24,7 +24,7 @@ import torch
 
 from ...core.atomic_io import atomic_write
 from ...core.memory import ContinualMemory
-from ..ceiling import fine_tune
+from ..ceiling import ceiling_steps, fine_tune
 from ..methods import DEFAULT_METHOD, learn
 from .benchmark import make_backend, one_concept_tool, parse_variant
 from .oracle import classify
@@ -91,7 +91,8 @@ def read_layout(oracle, concept: str, images: torch.Tensor) -> dict[str, int]:
 def learned(learner: str, model, world, spec, select, train, ceiling_prior: float):
     """A fresh toy model with `spec` learned alone: by the default method, or by the ceiling's fine-tune."""
     if learner == "ceiling":
-        return fine_tune(lambda: make_backend(model), world, spec, train, lam_prior=ceiling_prior)[0]
+        return fine_tune(lambda: make_backend(model), world, spec, replace(train, steps=ceiling_steps(ceiling_prior)),
+                         lam_prior=ceiling_prior)[0]
     backend = make_backend(model)
     learn(DEFAULT_METHOD, backend, ContinualMemory.for_model(backend, world.generic_prompt), spec.images, spec.name,
           spec.trigger, spec.prompt, select, train, world.calibration_prompts, {}, captions=spec.captions)
