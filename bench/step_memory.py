@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     b = build(a.small, "cpu", torch.float32)
     latent = b.unet.config.sample_size if a.small else a.latent
     x0 = torch.randn(9, 4, latent, latent, generator=torch.Generator().manual_seed(0))
-    layers = b.projection_layers()
+    layers = b.layers("qkvo")
     rows = {l.name: torch.arange(8) for l in layers[: len(layers) // 4]}
     mem = ContinualMemory.for_model(b)
     for i, w in enumerate(("zwx", "plk", "mrt", "vbn")):  # 4 earlier concepts: DSC's full 5 candidates

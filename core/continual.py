@@ -38,11 +38,12 @@ def merge_result(backend: Backend, memory: ContinualMemory, record: ConceptRecor
 
 
 def fisher_parts(backend: Backend, memory: ContinualMemory) -> str:
-    """K/V, or every projection once any concept or the Fisher has touched a Q or output row: the Fisher covers
-    what later concepts may train without paying for Q/output weights on K/V-only memories (SDXL: +0.8 GiB)."""
+    """K/V, or every projection once any concept or the Fisher has touched a Q or output row, and the ResNet
+    convolutions too once one touched a convolution's: the Fisher covers what later concepts may train without
+    paying for Q/output weights on K/V-only memories (SDXL: +0.8 GiB)."""
     kind = {l.name: l.kind for l in backend.projection_layers()}
-    touched = set(memory.fisher) | {n for c in memory.concepts for n in c.rows}
-    return "qkvo" if any(kind.get(n) in ("q", "o") for n in touched) else "kv"
+    touched = {kind.get(n) for n in set(memory.fisher) | {n for c in memory.concepts for n in c.rows}}
+    return "qkvoc" if "c" in touched else "qkvo" if touched & {"q", "o"} else "kv"
 
 
 def update_fisher(backend: Backend, memory: ContinualMemory, x0: torch.Tensor, cfg: TrainConfig,

@@ -13,10 +13,13 @@ from .memory import ConceptRecord
 DELTA_FORMAT = "continual_concepts.row_delta"
 
 
-def row_delta_as_lora(rows: torch.Tensor, delta: torch.Tensor, out_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A row delta is exactly a LoRA whose up-matrix selects rows: W + up @ down with up one-hot [out, r]."""
-    up = torch.zeros(out_dim, len(rows), dtype=delta.dtype)
+def row_delta_as_lora(rows: torch.Tensor, delta: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A row delta is exactly a LoRA whose up-matrix selects rows: W + up @ down with up one-hot [out, r]. `shape`
+    is the weight's; a convolution's LoRA is [out, r, 1, 1] @ [r, in, kh, kw], the layout LoRA loaders expect."""
+    up = torch.zeros(shape[0], len(rows), dtype=delta.dtype)
     up[rows, torch.arange(len(rows))] = 1
+    if len(shape) == 4:
+        return up[:, :, None, None], delta.reshape(len(rows), *shape[1:]).clone()
     return up, delta.clone()
 
 

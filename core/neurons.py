@@ -1,7 +1,9 @@
 """Concept Neuron Selection: which cross-attention rows respond to the concept but not to generic prompts.
 
-Rows come from the K/V projections (CNS, parts="kv") or from every cross-attention projection (parts="qkvo": Q
-and output rows read the image features, where K/V read the text; see bench/RESULTS.md for what each learns).
+Rows come from the K/V projections (CNS, parts="kv"), from every cross-attention projection (parts="qkvo": Q
+and output rows read the image features, where K/V read the text), or from those and the ResNet blocks'
+convolutions too (parts="qkvoc": a row is one output channel's kernels, in_channels x 3 x 3 weights; where the toy's
+layouts are carried; see bench/RESULTS.md for what each learns).
 
 Definitions (DESIGN §2; [assumption] where the CNS paper is silent):
   importance (Taylor)   s_r = E_{draws} | <W_r, dL_diff/dW_r> |   on the concept images
@@ -28,7 +30,8 @@ from .weight_grads import weight_grads
 @dataclass
 class SelectConfig:
     budget_pct: float = 0.13  # % of UNet parameters (CNS reports ~0.13 % for SD1.5)
-    parts: str = "qkvo"  # projections rows are chosen from: "kv" (CNS's own) or "qkvo" (+ query and output projections)
+    parts: str = "qkvo"  # layers rows are chosen from: "kv" (CNS's own), "qkvo" (+ query and output projections) or
+    # "qkvoc" (+ the ResNet blocks' convolutions)
     rho_base: float = 0.10  # fraction of all candidate rows (of `parts`) that are "base"
     rho_general: float | None = None  # per-prompt top fraction for "general" (None: = rho_base)
     tau: float = 0.5  # a row is general if top for >= tau of the prompts

@@ -1,4 +1,5 @@
-"""The trainable state of one concept: the selected cross-attention rows of every layer as ONE compact tensor.
+"""The trainable state of one concept: the selected rows of every layer (cross-attention projections, ResNet
+convolutions) as ONE compact tensor.
 
 Optimizer state is therefore sized to the selected rows, never to whole weight matrices; the frozen
 weights are only read (the backend adds the delta in output space, or builds W.index_add(0, rows, delta)).
@@ -110,7 +111,8 @@ class RowDeltas(Switchable, nn.Module):
         layers = {l.name: l.weight for l in backend.projection_layers() if l.name in rows}
         unknown = set(n for n in rows if len(rows[n])) - set(layers)
         if unknown:
-            raise ValueError(f"neurons: layers {sorted(unknown)[:3]} are not cross-attention projections of this model")
+            raise ValueError(f"neurons: layers {sorted(unknown)[:3]} are not layers of this model that rows are chosen "
+                             "from (cross-attention projections, ResNet convolutions)")
         return cls(rows, {n: w.shape[1] for n, w in layers.items()}, device,
                    scale={n: weight_rms(w) for n, w in layers.items()}, rank=rank, seed=seed)
 
@@ -140,6 +142,11 @@ def all_rows(backend: Backend) -> dict[str, torch.Tensor]:
 def row_counts(backend: Backend, parts: str = "qkvo") -> dict[str, int]:
     """Rows of every projection in `parts` (a neuron map's strips, a LoRA's output size)."""
     return {l.name: l.weight.shape[0] for l in backend.layers(parts)}
+
+
+def weight_shapes(backend: Backend) -> dict[str, tuple[int, ...]]:
+    """Every layer's weight shape as the model holds it (a convolution's with its kernel: what a LoRA is laid out as)."""
+    return {l.name: tuple(backend.layer_module(l.name).weight.shape) for l in backend.projection_layers()}
 
 
 def input_widths(backend: Backend, parts: str = "qkvo") -> dict[str, int]:

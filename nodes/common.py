@@ -7,6 +7,7 @@ from contextlib import contextmanager
 import torch
 from comfy_api.latest import io
 
+from ..core.backends.base import rows_view
 from ..core.backends.comfy_backend import ComfyBackend, model_type_name, text_encoders
 from ..core.carried import ATOL, CARRIED, RTOL
 from ..core.memory import ConceptRecord
@@ -89,18 +90,18 @@ def progress(total: int, describe=None):
 
 
 def patched_model(model, deltas: dict) -> object:
-    """model.clone() + one `diff` patch per trained cross-attention layer holding only the selected rows' deltas."""
+    """model.clone() + one `diff` patch per trained layer holding only the selected rows' deltas."""
     out = model.clone()
     sd = out.model.state_dict()
     patches = {}
     for layer, (rows, d) in deltas.items():
         key = f"{layer}.weight"
         diff = torch.zeros_like(sd[key], device="cpu", dtype=torch.float32)
-        diff[rows] = d.float()
+        rows_view(diff)[rows] = d.float()
         patches[key] = (diff,)
     accepted = out.add_patches(patches)
     if len(accepted) != len(patches):
-        raise RuntimeError(f"ComfyUI rejected {len(patches) - len(accepted)} cross-attention patches")
+        raise RuntimeError(f"ComfyUI rejected {len(patches) - len(accepted)} of the concept's weight patches")
     return out
 
 

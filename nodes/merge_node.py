@@ -12,17 +12,18 @@ from ..core.atomic_io import atomic_write, next_free, resolve_prefix
 from ..core.backends.comfy_backend import token_parts
 from ..core.carried import CARRIED, require_carried
 from ..core.export import row_delta_as_lora, save_embedding
-from ..core.row_delta import row_counts
+from ..core.row_delta import weight_shapes
 from ..core.strength import parse_strengths
 from .common import CATEGORY, STRENGTH_TOOLTIP, Memory, at_strengths, reading_backend
 from .memory_nodes import memory_dir
 
 
-def lora_tensors(record, out_dims: dict[str, int]) -> dict[str, torch.Tensor]:
-    """ComfyUI LoRA keys (lora_unet_*) for one concept's row deltas; alpha = rank so the scale is 1."""
+def lora_tensors(record, shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """ComfyUI LoRA keys (lora_unet_*) for one concept's row deltas (`shapes`: each layer's weight shape); alpha =
+    rank so the scale is 1."""
     t = {}
     for layer, rows in record.rows.items():
-        up, down = row_delta_as_lora(rows, record.delta[layer].float(), out_dims[layer])
+        up, down = row_delta_as_lora(rows, record.delta[layer].float(), shapes[layer])
         key = "lora_unet_" + layer[len("diffusion_model."):].replace(".", "_")
         t[f"{key}.lora_up.weight"] = up.half().contiguous()
         t[f"{key}.lora_down.weight"] = down.half().contiguous()
@@ -94,7 +95,7 @@ class MergeIntoCheckpoint(io.ComfyNode):
         strengths = parse_strengths(strength, memory)
         with reading_backend(model, clip) as b:
             require_carried(memory, b)
-            dims = row_counts(b)
+            shapes = weight_shapes(b)
             if any(s != 1 for s in strengths.values()):
                 states = {c.name: CARRIED for c in memory.concepts}
                 model, clip, memory = at_strengths(model, clip, b, memory, states, strengths)
@@ -111,7 +112,7 @@ class MergeIntoCheckpoint(io.ComfyNode):
         atomic_write(ckpt, lambda tmp: save_checkpoint(tmp, model, clip, vae, SAVE_DTYPES[save_dtype], meta))
         written = [ckpt, memory.save(name("memory", ".safetensors"))]
         for c, suffix in loras:
-            t = lora_tensors(c, dims)
+            t = lora_tensors(c, shapes)
             written.append(atomic_write(name("loras", suffix),
                                         lambda tmp, t=t, c=c: save_file(t, tmp, metadata={"trigger": c.trigger})))
         for c, suffix in embs:

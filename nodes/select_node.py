@@ -41,12 +41,17 @@ class SelectConceptNeurons(io.ComfyNode):
                                tooltip="Arithmetic of the model while scoring. auto: bf16 on a GPU that has it, else "
                                        "fp32 (fp16 is not offered: scores are gradients, and unscaled fp16 loses "
                                        "small ones)."),
-                io.Combo.Input("layers", options=["kv", "qkvo"], default=SelectConfig.parts, optional=True,
-                               tooltip="Which cross-attention projections rows come from. qkvo (default): keys, values, "
+                io.Combo.Input("layers", options=["kv", "qkvo", "qkvoc"], default=SelectConfig.parts, optional=True,
+                               tooltip="Which layers rows come from. qkvo (default): the cross-attention's keys, values, "
                                        "queries and output projections; the last two read the image features and carry "
                                        "most of what K/V rows cannot learn (toy, 8 concepts in a row, rank-16 training: "
                                        "0.60 held-out over 5 runs vs 0.57 for CNS's K/V rows; bench/RESULTS.md). kv: keys and "
-                                       "values only, as CNS and Custom Diffusion train (the text side)."),
+                                       "values only, as CNS and Custom Diffusion train (the text side). qkvoc: also the "
+                                       "output channels of the ResNet blocks' convolutions, which carry a subject's fixed "
+                                       "layout (which side a colour is on, how parts sit): on the toy a split circle's "
+                                       "sides 0.92-1.00 against 0.46-0.50; a conv row is in_channels x 9 weights, so give "
+                                       "it a larger budget (toy: 10-100 %); it changes more of the model and, over 8 "
+                                       "concepts, forgot more (bench/RESULTS.md, \"Convolution rows\")."),
             ],
             outputs=[Neurons.Output(display_name="neurons"), io.Image.Output(display_name="neuron_map"),
                      io.String.Output(display_name="report")],

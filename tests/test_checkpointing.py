@@ -127,16 +127,16 @@ def test_dsc_one_candidate_at_a_time_gives_the_whole_term():
         torch.testing.assert_close(g_split, g_whole, rtol=1e-4, atol=1e-4 * float(g_whole.abs().max()))
 
 
-def _learn(micro, steps=3, free=None):
+def _learn(micro, steps=3, free=None, parts="qkvo"):
     """Three default steps on a tiny model that has learned two concepts (two rows shared with the first: both row
-    anchors): DSC over 3 candidates, the prior term's 2 prompts, rows and token."""
+    anchors): DSC over 3 candidates, the prior term's 2 prompts, rows (of the `parts` layers) and token."""
     from continual_concepts.core.memory import ConceptRecord, ContinualMemory
 
     b = _backend(8)
     if free is not None:
         b.free_memory = lambda: free
     mem = ContinualMemory.for_model(b)
-    rows = {l.name: torch.tensor([0, 1, 2]) for l in b.projection_layers()}
+    rows = {l.name: torch.tensor([0, 1, 2]) for l in b.layers(parts)}
     first = b.projection_layers()[0]
     mem.add_concept(ConceptRecord("earlier", "zwx", "a zwx cat", rows={first.name: torch.tensor([1, 2])},
                                   delta={first.name: torch.zeros(2, first.weight.shape[1])}))

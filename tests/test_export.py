@@ -13,11 +13,27 @@ def test_row_delta_is_a_lora():
     w = torch.randn(12, 5)
     rows = torch.tensor([1, 7, 11])
     delta = torch.randn(3, 5)
-    up, down = row_delta_as_lora(rows, delta, 12)
+    up, down = row_delta_as_lora(rows, delta, (12, 5))
     expect = w.clone()
     expect[rows] += delta
     assert torch.allclose(w + up @ down, expect)
     assert up.shape == (12, 3) and down.shape == (3, 5)
+
+
+def test_conv_row_delta_is_a_conv_lora():
+    """A convolution's rows (output channels) as the [out, r, 1, 1] @ [r, in, kh, kw] pair LoRA loaders read: the
+    flattened product is the row change, and applied as two convolutions it changes just those channels' outputs."""
+    conv = torch.nn.Conv2d(4, 6, 3, padding=1)
+    rows = torch.tensor([0, 5])
+    delta = torch.randn(2, 4 * 9)
+    up, down = row_delta_as_lora(rows, delta, tuple(conv.weight.shape))
+    assert up.shape == (6, 2, 1, 1) and down.shape == (2, 4, 3, 3)
+    assert torch.allclose((up.flatten(1) @ down.flatten(1))[rows], delta) and (up.flatten(1) @ down.flatten(1))[1:5].eq(0).all()
+    x = torch.randn(1, 4, 5, 5)
+    lora = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, down, padding=1), up)
+    changed = conv.weight.detach().clone()
+    changed.view(6, -1)[rows] += delta
+    assert torch.allclose(conv(x) + lora, torch.nn.functional.conv2d(x, changed, conv.bias, padding=1), atol=1e-5)
 
 
 def test_delta_file_round_trip_and_never_overwrites(tmp_path):

@@ -25,7 +25,7 @@ def images(seed=0):
 
 def test_projections_found_with_their_kinds_and_widths():
     b = backend()
-    kinds = [l.kind for l in b.projection_layers()]
+    kinds = [l.kind for l in b.layers("qkvo")]
     assert kinds == ["q", "k", "v", "o"] * (len(kinds) // 4) and len(kinds) >= 8
     assert [l.name for l in b.kv_layers()] == [l.name for l in b.layers("kv")]
     widths = {l.kind: l.weight.shape[1] for l in b.projection_layers()}
@@ -59,7 +59,7 @@ def test_learned_query_and_output_rows_bake_save_and_apply(tmp_path):
         assert set(changed) <= set(out.record.rows.get(l.name, torch.empty(0)).tolist()), l.name
         moved |= {l.kind} if changed else set()
     assert {"q", "o"} <= moved, "the Q and output rows it selected must have learned"
-    assert {l.name for l in b.projection_layers()} == set(mem.fisher), "the Fisher covers Q/output rows now in use"
+    assert {l.name for l in b.layers("qkvo")} == set(mem.fisher), "the Fisher covers Q/output rows now in use"
     fresh = backend()
     back = ContinualMemory.load(mem.save(tmp_path / "m.safetensors"), fresh)
     assert back.apply_to(fresh) == "applied" and back.apply_to(fresh) == "already"

@@ -12,8 +12,21 @@ from typing import Callable
 import torch
 
 
+def rows_view(w: torch.Tensor) -> torch.Tensor:
+    """A weight as rows: [out, in] for a linear layer, a convolution's [out, in, kh, kw] as [out, in*kh*kw] (a view:
+    it reads and writes the live weight)."""
+    return w if w.dim() == 2 else w.view(w.shape[0], -1)
+
+
+def _conv_args(module) -> tuple:
+    if getattr(module, "padding_mode", "zeros") != "zeros":
+        raise ValueError(f"{type(module).__name__}: row deltas need zero padding (got {module.padding_mode!r})")
+    return module.stride, module.padding, module.dilation, module.groups
+
+
 def row_delta_hook(rows: torch.Tensor, get_delta: Callable[[], torch.Tensor | None]):
-    """Forward hook adding a row delta in output space: out[..., rows] += x @ delta^T.
+    """Forward hook adding a row delta in output space: out[..., rows] += x @ delta^T for a linear layer, and for a
+    convolution its output channels `rows` += conv(x, delta as [rows, in, kh, kw]).
 
     Only the selected rows get gradients and no full-size effective weight is built."""
 
@@ -21,22 +34,31 @@ def row_delta_hook(rows: torch.Tensor, get_delta: Callable[[], torch.Tensor | No
         d = get_delta()
         if d is None:
             return out
-        return out.index_add(out.dim() - 1, rows.to(out.device), torch.nn.functional.linear(inputs[0], d.to(out.dtype)))
+        x, d = inputs[0], d.to(out.dtype)
+        if isinstance(module, torch.nn.Conv2d):
+            y = torch.nn.functional.conv2d(x, d.view(len(rows), *module.weight.shape[1:]), None, *_conv_args(module))
+            return out.index_add(1, rows.to(out.device), y)
+        return out.index_add(out.dim() - 1, rows.to(out.device), torch.nn.functional.linear(x, d))
 
     return hook
 
 
 def weight_grad_hook(fn: Callable[[torch.Tensor], None]):
-    """Forward hook after which the backward pass calls fn(dL/dW) for the layer's whole weight, [out, in] in
-    fp32, computed from the output's gradient and the input as g^T x. Nothing is trained: the output becomes
-    a leaf that asks for a gradient, so only one layer's gradient exists at a time (an all-rows zero delta
-    would keep the size of every K/V weight twice, 2.5 GiB on SDXL)."""
+    """Forward hook after which the backward pass calls fn(dL/dW) for the layer's whole weight as rows ([out, in],
+    a convolution's [out, in*kh*kw]) in fp32, computed from the output's gradient and the input (g^T x for a linear
+    layer). Nothing is trained: the output becomes a leaf that asks for a gradient, so only one layer's gradient
+    exists at a time (an all-rows zero delta would keep the size of every K/V weight twice, 2.5 GiB on SDXL)."""
 
     def hook(module, inputs, out):
         x = inputs[0].detach()
         if not out.requires_grad:
             out = out.detach().requires_grad_(True)
-        out.register_hook(lambda g: fn(g.reshape(-1, g.shape[-1]).float().T @ x.reshape(-1, x.shape[-1]).float()))
+        if isinstance(module, torch.nn.Conv2d):
+            shape = module.weight.shape
+            out.register_hook(lambda g: fn(torch.nn.grad.conv2d_weight(x.float(), shape, g.float(), *_conv_args(module))
+                                           .reshape(shape[0], -1)))
+        else:
+            out.register_hook(lambda g: fn(g.reshape(-1, g.shape[-1]).float().T @ x.reshape(-1, x.shape[-1]).float()))
         return out
 
     return hook
@@ -46,17 +68,18 @@ class UnsupportedModelError(ValueError):
     """The model has no cross-attention K/V projections (or is of a family we cannot train)."""
 
 
-PARTS = ("kv", "qkvo")  # which cross-attention projections neurons are chosen from (SelectConfig.parts)
+PARTS = ("kv", "qkvo", "qkvoc")  # which layers neurons are chosen from (SelectConfig.parts): cross-attention K/V,
+# + its Q and output projections, + the output channels of every ResNet block's two convolutions ("c")
 
 
 @dataclass(frozen=True)
 class ProjectionLayer:
-    """One cross-attention projection: its rows are the 'neurons'. K/V read the text context; Q and the output
-    projection read the image features (their rows have the block's width)."""
+    """One layer whose rows are 'neurons': a cross-attention projection (K/V read the text context; Q and the output
+    projection read the image features) or a ResNet block's convolution (a row: one output channel's kernels)."""
 
     name: str  # backend-native dotted module name, stable across runs
-    kind: str  # "q", "k", "v" or "o" (output projection)
-    weight: torch.Tensor  # live [out, in] weight of the model as it is now (never written by core)
+    kind: str  # "q", "k", "v", "o" (output projection) or "c" (ResNet convolution)
+    weight: torch.Tensor  # live weight of the model as it is now, as rows [out, in] (rows_view; never written by core)
 
 
 WeightFn = Callable[[torch.Tensor], torch.Tensor]
@@ -70,14 +93,14 @@ class Backend(ABC):
 
     @abstractmethod
     def projection_layers(self) -> list[ProjectionLayer]:
-        """Every cross-attention projection (Q, K, V, output), in a fixed order."""
+        """Every cross-attention projection (Q, K, V, output) and ResNet convolution, in a fixed order."""
 
     def kv_layers(self) -> list[ProjectionLayer]:
         """The cross-attention K/V projections (what the model fingerprint hashes)."""
         return self.layers("kv")
 
     def layers(self, parts: str) -> list[ProjectionLayer]:
-        """The projections whose kind is in `parts` (e.g. "kv", "qkvo")."""
+        """The layers whose kind is in `parts` (e.g. "kv", "qkvo", "qkvoc")."""
         if parts not in PARTS:
             raise ValueError(f"parts must be one of {', '.join(PARTS)} (got {parts!r})")
         return [l for l in self.projection_layers() if l.kind in parts]

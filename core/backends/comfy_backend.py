@@ -9,7 +9,7 @@ from contextlib import ExitStack, contextmanager, nullcontext
 
 import torch
 
-from .base import Backend, ProjectionLayer, UnsupportedModelError, row_delta_hook
+from .base import Backend, ProjectionLayer, UnsupportedModelError, row_delta_hook, rows_view
 
 def model_type_name(model) -> str:
     cfg = getattr(model.model, "model_config", None)
@@ -84,8 +84,12 @@ class ComfyBackend(Backend):
         dm = getattr(model.model, "diffusion_model", None)
         self.mp, self.clip, self.vae, self.dm = model, clip, vae, dm
         kinds = {"attn2.to_q": "q", "attn2.to_k": "k", "attn2.to_v": "v", "attn2.to_out.0": "o"}
+        modules = list(dm.named_modules()) if dm else []
         self._layers = [ProjectionLayer(f"diffusion_model.{n}", kinds[n[n.rindex("attn2"):]], m.weight)
-                        for n, m in (dm.named_modules() if dm else []) if n.endswith(tuple(kinds))]
+                        for n, m in modules if n.endswith(tuple(kinds))]
+        # a ResBlock's two 3x3 convolutions (diffusers' conv1 / conv2), after the projections as in DiffusersBackend
+        self._layers += [ProjectionLayer(f"diffusion_model.{n}.{c}", "c", rows_view(m.get_submodule(c).weight))
+                         for n, m in modules if type(m).__name__ == "ResBlock" for c in ("in_layers.2", "out_layers.3")]
         if not any(l.kind == "k" for l in self._layers):
             raise UnsupportedModelError(
                 f"{name} ({type(dm).__name__}) has no cross-attention key/value projections: continual concept "
@@ -147,7 +151,7 @@ class ComfyBackend(Backend):
         return self.mp.model.get_submodule(layer)
 
     def projection_layers(self):
-        return [ProjectionLayer(l.name, l.kind, self.layer_module(l.name).weight) for l in self._layers]
+        return [ProjectionLayer(l.name, l.kind, rows_view(self.layer_module(l.name).weight)) for l in self._layers]
 
     def set_weight_fn(self, layer, fn):
         self.layer_module(layer).weight_function = [fn] if fn is not None else []

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .base import Backend, ProjectionLayer, UnsupportedModelError, WeightFn, row_delta_hook
+from .base import Backend, ProjectionLayer, UnsupportedModelError, WeightFn, row_delta_hook, rows_view
 
 
 class _Fn(nn.Module):
@@ -82,13 +82,15 @@ class DiffusersBackend(Backend):
                 f"{type(self.unet).__name__} has no cross-attention key/value projections: "
                 "continual concept training needs a text-conditioned UNet with cross-attention"
             )
-        return layers
+        return layers + [ProjectionLayer(f"{name}.{c}", "c", rows_view(getattr(mod, c).weight))
+                         for name, mod in self.unet.named_modules() if type(mod).__name__ == "ResnetBlock2D"
+                         for c in ("conv1", "conv2")]
 
-    def layer_module(self, layer: str) -> nn.Linear:
+    def layer_module(self, layer: str) -> nn.Module:
         return self.unet.get_submodule(layer)
 
     def projection_layers(self):
-        return [ProjectionLayer(l.name, l.kind, self._weight(l.name)) for l in self._layers]
+        return [ProjectionLayer(l.name, l.kind, rows_view(self._weight(l.name))) for l in self._layers]
 
     def _weight(self, layer):
         mod = self.layer_module(layer)
@@ -113,7 +115,7 @@ class DiffusersBackend(Backend):
 
     @torch.no_grad()
     def bake_rows(self, layer, rows, delta):
-        w = self._weight(layer)
+        w = rows_view(self._weight(layer))
         w.index_add_(0, rows.to(w.device), delta.to(w.device, w.dtype))
 
     def networks(self):

@@ -417,7 +417,44 @@ def test_query_and_output_rows_patch_apply_and_export_as_lora(loaded, teach):
     assert set(m3.patches) == set(m2.patches)
     assert all(torch.allclose(m3.patches[k][0][1][0], m2.patches[k][0][1][0]) for k in m2.patches)
     sd = model.model.state_dict()
-    lora = lora_tensors(mem.concepts[0], {k[: -len(".weight")]: v.shape[0] for k, v in sd.items()})
+    lora = lora_tensors(mem.concepts[0], {k[: -len(".weight")]: tuple(v.shape) for k, v in sd.items()})
     with torch.inference_mode():
         patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
     assert len(patched.patches) == len(lora) // 3, "the stock LoRA loader did not map every Q/output key"
+
+
+def test_resnet_convolution_rows_patch_apply_and_export_as_conv_lora(loaded, teach):
+    """layers='qkvoc' on ComfyUI's real model: output channels of the ResBlocks' convolutions (in_layers.2,
+    out_layers.3) are selected and trained, returned as 4-D `diff` patches that change only those channels; Apply
+    Concept Memory rebuilds them, and the LoRA export's [out, r, 1, 1] @ [r, in, 3, 3] pairs load in the stock
+    loader and give the same weights as the patches."""
+    import comfy.sd
+
+    from continual_concepts.nodes.apply_node import ApplyConceptMemory
+    from continual_concepts.nodes.merge_node import lora_tensors
+
+    model, clip, vae = loaded
+    out = teach(model, clip, vae, budget_pct=2.0, layers="qkvoc")
+    m2, mem = out["m2"], out["mem"]
+    assert not model.patches, "the input model got patches"
+    conv = [k for k in m2.patches if k.endswith(("in_layers.2.weight", "out_layers.3.weight"))]
+    assert conv, "no convolution row was trained"
+    for k in conv:
+        diff = m2.patches[k][0][1][0]
+        assert diff.dim() == 4
+        nz = diff.flatten(1).abs().sum(1).nonzero().flatten().tolist()
+        assert nz and set(nz) <= set(out["neurons"].rows[k[: -len(".weight")]].tolist()), k
+    m3, _ = run(ApplyConceptMemory, model=model, clip=clip, memory=mem)[:2]
+    assert set(m3.patches) == set(m2.patches)
+    sd = model.model.state_dict()
+    lora = lora_tensors(mem.concepts[0], {k[: -len(".weight")]: tuple(v.shape) for k, v in sd.items()})
+    with torch.inference_mode():
+        patched, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
+    assert len(patched.patches) == len(lora) // 3, "the stock LoRA loader did not map every convolution key"
+    import comfy.lora
+
+    k = conv[0]
+    w = sd[k].float()
+    via_lora, via_diff = (comfy.lora.calculate_weight(p.patches[k], w.clone(), k) for p in (patched, m2))
+    assert not torch.equal(via_diff, w)
+    assert torch.allclose(via_lora, via_diff, atol=2e-3), "the LoRA is not the same change as the patch"
