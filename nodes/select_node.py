@@ -49,7 +49,7 @@ class SelectConceptNeurons(io.ComfyNode):
                                        "values only, as CNS and Custom Diffusion train (the text side). qkvoc: also the "
                                        "output channels of the ResNet blocks' convolutions, which carry a subject's fixed "
                                        "layout (which side a colour is on, how parts sit): on the toy a split circle's "
-                                       "sides 0.92-1.00 against 0.46-0.50; a conv row is in_channels x 9 weights, so give "
+                                       "sides 0.92-1.00 against 0.46-0.54; a conv row is in_channels x 9 weights, so give "
                                        "it a larger budget (toy: 10-100 %); it changes more of the model and, over 8 "
                                        "concepts, forgot more (bench/RESULTS.md, \"Convolution rows\")."),
             ],
