@@ -158,8 +158,9 @@ def test_micro_batches_and_dsc_split_give_the_whole_batch_step():
         for k, (rows, d) in whole.deltas.items():
             assert float(d.abs().max()) > 0
             # float sums in another order, which Adam's normalising amplifies where an element's gradient terms
-            # cancel; the loss values (below) pin each micro-batch's weight exactly
-            torch.testing.assert_close(part.deltas[k][1], d, rtol=0, atol=1e-2 * float(d.abs().max()))
+            # cancel (one thread instead of two: one element of 192 off by 1.1 %); the loss values (below) pin each
+            # micro-batch's weight exactly (weighting it by its own mean fails them at any thread count)
+            torch.testing.assert_close(part.deltas[k][1], d, rtol=0, atol=2e-2 * float(d.abs().max()))
         torch.testing.assert_close(part.token, whole.token, rtol=1e-5, atol=1e-6)
         assert {"diff", "prev", "base", "dsc", "prior"} <= whole.history[0].keys()
         for h, hw in zip(part.history, whole.history):
