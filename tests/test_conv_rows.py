@@ -101,7 +101,9 @@ def test_learned_conv_rows_change_only_their_channels_and_round_trip(tmp_path):
 
 def test_conv_rows_in_micro_batches_take_the_whole_batch_step():
     """The default step (DSC, the prior term, both row anchors) with rows in every layer, convolutions included, at
-    batch 4 whole and in micro-batches of 1: the same loss values and deltas (float sums in another order)."""
+    batch 4 whole and in micro-batches of 1: the same deltas and denoising loss (float sums in another order). The
+    regularisers are only compared to 1 %: DSC's KL (~2e-4) is second order in the deltas' float differences, which
+    Adam's normalising amplifies (measured 2e-4 to 8e-4 relative, by thread count)."""
     from test_checkpointing import _learn
 
     whole, part = _learn(4, parts="qkvoc"), _learn(1, parts="qkvoc")
@@ -110,4 +112,5 @@ def test_conv_rows_in_micro_batches_take_the_whole_batch_step():
         assert float(d.abs().max()) > 0
         torch.testing.assert_close(part.deltas[k][1], d, rtol=0, atol=1e-2 * float(d.abs().max()))
     for h, hw in zip(part.history, whole.history):
-        assert h.keys() == hw.keys() and all(abs(h[k] - hw[k]) <= 1e-5 * abs(hw[k]) + 1e-7 for k in h)
+        assert h.keys() == hw.keys()
+        assert all(abs(h[k] - hw[k]) <= (1e-5 if k in ("diff", "total") else 1e-2) * abs(hw[k]) + 1e-9 for k in h)

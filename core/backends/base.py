@@ -19,9 +19,11 @@ def rows_view(w: torch.Tensor) -> torch.Tensor:
 
 
 def _conv_args(module) -> tuple:
-    if getattr(module, "padding_mode", "zeros") != "zeros":
-        raise ValueError(f"{type(module).__name__}: row deltas need zero padding (got {module.padding_mode!r})")
-    return module.stride, module.padding, module.dilation, module.groups
+    """stride, padding, dilation of a convolution whose output channels can be rows (each reads every input)."""
+    if getattr(module, "padding_mode", "zeros") != "zeros" or module.groups != 1:
+        raise ValueError(f"{type(module).__name__}: row deltas need zero padding and groups 1 (got "
+                         f"{module.padding_mode!r}, {module.groups})")
+    return module.stride, module.padding, module.dilation
 
 
 def row_delta_hook(rows: torch.Tensor, get_delta: Callable[[], torch.Tensor | None]):
